@@ -1,0 +1,1 @@
+"""console process (see README)."""

@@ -1,0 +1,39 @@
+"""`parity`: operator commands. `parity up` is what `make run` runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ops import database, up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parity", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run the whole product locally (what `make run` does)")
+    migrate = commands.add_parser(
+        "migrate", help="bootstrap (local databases only) and push migrations to DATABASE_URL"
+    )
+    migrate.add_argument("--url", required=True, help="database URL")
+    migrate.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
+    )
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        return up.main()
+    if args.command == "migrate":
+        if args.bootstrap:
+            database.bootstrap(args.url)
+        print(database.push_migrations(args.url))
+        print(database.list_migrations(args.url))
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

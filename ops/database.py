@@ -1,0 +1,110 @@
+"""Provisioning: an embedded Postgres when nothing is configured, the local Supabase bootstrap,
+and migrations applied by the real Supabase CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUPABASE_DIR = REPO_ROOT / "supabase"
+BOOTSTRAP_SQL = SUPABASE_DIR / "bootstrap" / "local_supabase.sql"
+DATA_DIR = REPO_ROOT / ".data"
+
+
+class ProvisioningError(RuntimeError):
+    """A database could not be prepared."""
+
+
+def supabase_cli() -> Path:
+    """The Supabase CLI pinned by package.json (installed by `npm ci`)."""
+    cli = REPO_ROOT / "node_modules" / ".bin" / "supabase"
+    if not cli.exists():
+        raise ProvisioningError(f"Supabase CLI not installed at {cli}: run `npm ci` (or `make`).")
+    return cli
+
+
+def cli_url(url: str) -> str:
+    """`url` in the form the Supabase CLI accepts: a host is always present (a Unix socket
+    directory goes in the `host` query parameter) and TLS is off for local servers."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("sslmode", "disable")
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, hostport = netloc.rpartition("@")
+        if not hostport:
+            netloc = f"{credentials}@localhost:5432"
+    elif not netloc:
+        netloc = "localhost:5432"
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/"), ""))
+
+
+def with_database(url: str, dbname: str) -> str:
+    """`url` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, ""))
+
+
+def bootstrap(url: str) -> None:
+    """Recreate the Supabase subset our migrations rely on. Local and test databases only."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(BOOTSTRAP_SQL.read_text().encode())
+
+
+def _run_cli(args: list[str], workdir: Path) -> str:
+    result = subprocess.run(
+        [str(supabase_cli()), *args, "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "DO_NOT_TRACK": "1", "SUPABASE_TELEMETRY_DISABLED": "1"},
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise ProvisioningError(f"supabase {' '.join(args[:2])} failed:\n{output}")
+    return output
+
+
+def push_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
+    """`supabase db push`: apply the migrations in `workdir/supabase/migrations` not yet applied."""
+    return _run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
+
+
+def list_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
+    """`supabase migration list`: local migrations beside those the database has applied."""
+    return _run_cli(["migration", "list", "--db-url", cli_url(url)], workdir)
+
+
+def applied_migrations(url: str) -> list[str]:
+    """Versions recorded by the CLI in the database, oldest first."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select version from supabase_migrations.schema_migrations order by version"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
+    """Start (or reuse) the embedded Postgres under `data_dir`; return its URL.
+
+    pgserver listens on a Unix socket only; the URL names it in the `host` query parameter.
+    The server keeps running after this process exits, so the next run starts at once.
+    """
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
+    socket_dir = urlsplit(server.get_uri()).query.removeprefix("host=")
+    return f"postgresql://postgres@localhost:5432/postgres?host={socket_dir}"
+
+
+def prepare(url: str) -> str:
+    """Bootstrap `url` and push the migrations; return the CLI's account of what it applied."""
+    bootstrap(url)
+    return push_migrations(url)

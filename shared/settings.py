@@ -1,0 +1,45 @@
+"""Platform-wide settings, read from the environment (and a `.env` file) when a process starts.
+
+Each process builds its settings once in its entry point and passes them down; nothing reads the
+environment at import time. Process-specific settings live beside each process with their own
+prefix (`GATEWAY_`, `WORKER_`, `CONSOLE_`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PlatformSettings(BaseSettings):
+    """Settings every process shares."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARITY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_URL", "PARITY_DATABASE_URL"),
+        description="Postgres connection URL. Empty: `make run` starts an embedded Postgres.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "PARITY_REDIS_URL"),
+        description="Redis for rate limits shared between gateway replicas; memory when unset.",
+    )
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json` writes one JSON object per log line."
+    )
+    default_rate_limit: int = Field(
+        default=600, ge=1, description="Requests per rate-limit window for prod projects."
+    )
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+    default_request_cap: int = Field(
+        default=1_000_000, ge=1, description="Hard cap of requests per cap window."
+    )
+    cap_window_seconds: int = Field(default=86_400, ge=1)

@@ -1,0 +1,1 @@
+"""worker process (see README)."""
