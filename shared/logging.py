@@ -13,8 +13,7 @@ def configure_logging(
 ) -> None:
     """Send records at `level` and above to stderr, as text or one JSON object per line."""
     logger.remove()
-    if process:
-        logger.configure(extra={"process": process})
+    logger.configure(extra={"process": process})
     if log_format == "json":
         logger.add(sys.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
     else:
