@@ -117,6 +117,7 @@ create table public.webhook_deliveries (
     environment public.environment not null,
     status public.delivery_status not null default 'pending',
     attempts integer not null default 0 check (attempts >= 0),
+    retry_base integer not null default 0 check (retry_base between 0 and attempts),
     next_attempt_at timestamptz not null default now(),
     lease_expires_at timestamptz,
     leased_by text,
@@ -131,6 +132,8 @@ comment on table public.webhook_deliveries is
 comment on column public.webhook_deliveries.environment is
     'The project''s environment when the event happened; decides the retry policy.';
 comment on column public.webhook_deliveries.attempts is 'Attempts made so far (first try included).';
+comment on column public.webhook_deliveries.retry_base is
+    'Attempts made before the last redelivery: the retry policy counts the attempts after it.';
 comment on column public.webhook_deliveries.next_attempt_at is
     'When the delivery is next due; retries are scheduled here, never slept in memory.';
 comment on column public.webhook_deliveries.lease_expires_at is
@@ -249,7 +252,8 @@ grant delete on public.webhook_endpoints to authenticated;
 
 -- Owners may raise an event (a test event) and redeliver (reschedule) their deliveries.
 grant insert (project_id, type, payload) on public.events to authenticated;
-grant update (status, next_attempt_at, completed_at) on public.webhook_deliveries to authenticated;
+grant update (status, next_attempt_at, completed_at, retry_base)
+    on public.webhook_deliveries to authenticated;
 
 create policy "owners read their usage" on public.usage_counters
     for select to authenticated

@@ -1,0 +1,92 @@
+"""Suspensions: the platform's record of why a project stopped serving, and lifting it.
+
+Suspending is the worker's job (auto-suspend sweep); lifting is an operator's. Both change the
+project's status, the suspension row and the events outbox in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from shared import events
+from shared.db import Connection
+from shared.errors import InvalidInput
+
+_COLUMNS = (
+    "id, project_id, reason, requests, request_cap, window_start, suspended_at,"
+    " lifted_at, lifted_by, lift_reason"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    id: UUID
+    project_id: UUID
+    reason: str
+    requests: int | None
+    request_cap: int | None
+    window_start: datetime | None
+    suspended_at: datetime
+    lifted_at: datetime | None
+    lifted_by: str | None
+    lift_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Suspension:
+        return cls(**row)
+
+    @property
+    def is_open(self) -> bool:
+        return self.lifted_at is None
+
+
+async def current_suspension(conn: Connection, project_id: UUID) -> Suspension | None:
+    """The project's open suspension, if it is suspended."""
+    cur = await conn.execute(
+        f"select {_COLUMNS} from public.suspensions where project_id = %s and lifted_at is null",
+        (project_id,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else Suspension.from_row(row)
+
+
+async def list_suspensions(conn: Connection, project_id: UUID) -> list[Suspension]:
+    """Every suspension of the project, newest first."""
+    cur = await conn.execute(
+        f"select {_COLUMNS} from public.suspensions where project_id = %s"
+        " order by suspended_at desc, id",
+        (project_id,),
+    )
+    return [Suspension.from_row(row) for row in await cur.fetchall()]
+
+
+async def lift(
+    conn: Connection, project_id: UUID, *, lifted_by: str, reason: str = ""
+) -> Suspension:
+    """Lift the project's open suspension: the project serves again and a `project.unsuspended`
+    event is written. Run as the service (operators), inside one transaction."""
+    cur = await conn.execute(
+        "update public.suspensions set lifted_at = now(), lifted_by = %s, lift_reason = %s"
+        f" where project_id = %s and lifted_at is null returning {_COLUMNS}",
+        (lifted_by, reason or None, project_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise InvalidInput(f"project {project_id} is not suspended")
+    lifted = Suspension.from_row(row)
+    await conn.execute("update public.projects set status = 'active' where id = %s", (project_id,))
+    await events.emit(
+        conn,
+        project_id,
+        "project.unsuspended",
+        {
+            "project_id": str(project_id),
+            "suspension_id": str(lifted.id),
+            "lifted_by": lifted_by,
+            "reason": reason,
+        },
+    )
+    return lifted
