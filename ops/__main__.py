@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ops import database, up
+from ops import database, up, worker_cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
+    worker_cmd.add_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print(database.push_migrations(args.url))
         print(database.list_migrations(args.url))
         return 0
+    if args.command in {"suspensions", "deliveries"}:
+        return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

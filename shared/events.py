@@ -4,7 +4,7 @@ wakes the worker with a notification on channel `webhook_deliveries`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -27,3 +27,16 @@ async def emit(
     assert row is not None
     event_id: UUID = row["id"]
     return event_id
+
+
+async def emit_many(
+    conn: Connection, events: Sequence[tuple[UUID, str, Mapping[str, Any]]]
+) -> None:
+    """Record several `(project_id, event_type, payload)` events in the caller's transaction, in
+    one pipelined round of inserts (a sweep may raise a thousand at once)."""
+    if events:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "insert into public.events (project_id, type, payload) values (%s, %s, %s)",
+                [(project, type_, Jsonb(dict(payload))) for project, type_, payload in events],
+            )
