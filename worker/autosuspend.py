@@ -20,7 +20,7 @@ SUSPEND_REASON = "request cap exceeded"
 
 # Served by the partial index usage_counters_unhandled_violators_idx (requests >= request_cap and
 # handled_at is null): the scan touches violators only, however many projects there are.
-_VIOLATORS = """
+VIOLATORS_QUERY = """
 select u.project_id, u.window_start, u.requests, u.request_cap, p.environment
   from public.usage_counters as u
   join public.projects as p on p.id = u.project_id
@@ -62,7 +62,7 @@ class _Found:
 
 async def sweep_batch(conn: Connection, *, limit: int) -> SweepResult:
     """Act on up to `limit` unhandled violators inside the caller's transaction."""
-    cur = await conn.execute(_VIOLATORS, {"limit": limit})
+    cur = await conn.execute(VIOLATORS_QUERY, {"limit": limit})
     found = [_Found.from_row(row) for row in await cur.fetchall()]
     if not found:
         return SweepResult(0, 0, 0)

@@ -109,12 +109,15 @@ class Dispatcher:
         self._worker_id = worker_id
         self._wake = wake
         self.stats = DispatchStats()
+        # After a database error: short, since the pool replaces dead connections by itself.
+        self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
         self._inflight: set[UUID] = set()
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._room = asyncio.Event()
+        self._closing = False
         self._idle = asyncio.Event()  # set while no HTTP request is in flight
         self._idle.set()
 
@@ -175,7 +178,7 @@ class Dispatcher:
                 )
         except DatabaseUnavailable as exc:
             logger.warning("claim failed, database unavailable: {}", exc)
-            await asyncio.sleep(self._settings.poll_interval_seconds)
+            await asyncio.sleep(self._retry_pause)
             return 0
         self.stats.claimed += len(claimed)
         for delivery in claimed:
@@ -217,7 +220,7 @@ class Dispatcher:
     # Recorder -------------------------------------------------------------------------------------
 
     async def _record_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._results_ready.wait()
             self._results_ready.clear()
             await self._flush()
@@ -230,10 +233,13 @@ class Dispatcher:
             try:
                 async with self._db.as_service() as conn:
                     recorded = await queue.record(conn, batch, worker_id=self._worker_id)
+            except asyncio.CancelledError:
+                self._results = batch + self._results  # still to record by whoever flushes next
+                raise
             except DatabaseUnavailable as exc:
                 logger.warning("recording {} attempts failed: {}; retrying", len(batch), exc)
                 self._results = batch + self._results
-                await asyncio.sleep(min(1.0, self._settings.poll_interval_seconds))
+                await asyncio.sleep(self._retry_pause)
                 continue
             self._forget(r.delivery_id for r in batch)
             self.stats.recorded += len(recorded)
@@ -264,12 +270,16 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._idle.wait()
-        for task in [*senders, recorder]:
+        interrupted = list(self._inflight)  # before cancelling: senders forget them on the way out
+        for task in senders:
             task.cancel()
-        await asyncio.gather(*senders, recorder, return_exceptions=True)
-        interrupted = list(self._inflight)
+        await asyncio.gather(*senders, return_exceptions=True)
+        # The recorder writes what finished, then ends; cut off if the database does not answer.
+        self._closing = True
+        self._results_ready.set()
         try:
             async with asyncio.timeout(max(grace, 5.0)):
+                await asyncio.gather(recorder)
                 await self._flush()
         except TimeoutError:
             logger.error("could not record {} attempts before stopping", len(self._results))
