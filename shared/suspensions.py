@@ -110,7 +110,9 @@ async def suspend_many(
     `project.suspended` event each, inside the caller's transaction. A project that already has an
     open suspension is left as it is (the unique index `suspensions_one_open_per_project` decides,
     so concurrent sweepers cannot suspend twice). Returns the suspensions created."""
-    first = {v.project_id: v for v in reversed(violations)}  # one per project: the earliest window
+    # One per project, its earliest window (later assignments win, so go latest first).
+    by_latest = sorted(violations, key=lambda v: v.window_start, reverse=True)
+    first = {v.project_id: v for v in by_latest}
     if not first:
         return []
     chosen = list(first.values())

@@ -3,7 +3,7 @@
 Where the environment config has `auto_suspend_enabled` (prod) the project is suspended; elsewhere
 (dev, staging) it gets one `project.cap_exceeded` warning per cap window. Each batch is one
 transaction: the violators' counter rows are locked (SKIP LOCKED, so concurrent sweepers split the
-work), acted on, and marked handled, so a window is acted on once whatever the number of sweepers.
+work), marked handled and acted on, so a window is acted on once whatever the number of sweepers.
 """
 
 from __future__ import annotations
@@ -18,25 +18,29 @@ from shared.suspensions import Violation
 
 SUSPEND_REASON = "request cap exceeded"
 
-# Served by the partial index usage_counters_unhandled_violators_idx (requests >= request_cap and
-# handled_at is null): the scan touches violators only, however many projects there are.
+# Claims a batch of violators and marks them handled in one statement. The scan is served by the
+# partial index usage_counters_unhandled_violators_idx (requests >= request_cap and handled_at is
+# null), so it touches violators only, however many projects there are. SKIP LOCKED lets concurrent
+# sweepers split the work; the mark commits with the suspensions and events, or not at all.
 VIOLATORS_QUERY = """
-select u.project_id, u.window_start, u.requests, u.request_cap, p.environment
-  from public.usage_counters as u
-  join public.projects as p on p.id = u.project_id
- where u.requests >= u.request_cap
-   and u.handled_at is null
- order by u.window_start
- limit %(limit)s
-   for update of u skip locked
-"""
-
-_MARK_HANDLED = """
-update public.usage_counters as u
-   set handled_at = now()
-  from unnest(%(project_ids)s::uuid[], %(window_starts)s::timestamptz[])
-       as h(project_id, window_start)
- where u.project_id = h.project_id and u.window_start = h.window_start
+with violators as (
+    select project_id, window_start
+      from public.usage_counters
+     where requests >= request_cap
+       and handled_at is null
+     order by window_start
+     limit %(limit)s
+       for update skip locked
+), handled as (
+    update public.usage_counters as u
+       set handled_at = now()
+      from violators as v
+     where u.project_id = v.project_id and u.window_start = v.window_start
+ returning u.project_id, u.window_start, u.requests, u.request_cap
+)
+select h.project_id, h.window_start, h.requests, h.request_cap, p.environment
+  from handled as h
+  join public.projects as p on p.id = h.project_id
 """
 
 
@@ -88,12 +92,5 @@ async def sweep_batch(conn: Connection, *, limit: int) -> SweepResult:
             )
             for f in to_warn
         ],
-    )
-    await conn.execute(
-        _MARK_HANDLED,
-        {
-            "project_ids": [f.violation.project_id for f in found],
-            "window_starts": [f.violation.window_start for f in found],
-        },
     )
     return SweepResult(violators=len(found), suspended=len(created), warned=len(to_warn))

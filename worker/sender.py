@@ -38,12 +38,13 @@ def refusal(address: IPAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     for attribute, what in (
+        # Most specific first: `is_private` also covers loopback, link-local and the rest.
         ("is_loopback", "loopback"),
-        ("is_private", "private"),
         ("is_link_local", "link-local"),
         ("is_multicast", "multicast"),
-        ("is_reserved", "reserved"),
         ("is_unspecified", "unspecified"),
+        ("is_reserved", "reserved"),
+        ("is_private", "private"),
     ):
         if getattr(address, attribute):
             return f"{address} is a {what} address"

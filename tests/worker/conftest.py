@@ -165,6 +165,14 @@ async def add_endpoint(db: Database, project_id: UUID, receiver: Receiver) -> UU
     return endpoint_id
 
 
+async def webhook_project(
+    db: Database, make_project: MakeProject, receiver: Receiver, environment: str = "prod"
+) -> tuple[UUID, UUID]:
+    """A project of `environment` with one endpoint at `receiver`: (project id, endpoint id)."""
+    project = await make_project(environment)
+    return project, await add_endpoint(db, project, receiver)
+
+
 async def emit_events(db: Database, project_id: UUID, count: int = 1) -> list[UUID]:
     """`count` events (fanned out to the project's endpoints by the trigger); their delivery ids."""
     async with db.as_service() as conn:
@@ -267,6 +275,13 @@ def worker_env(database_url: str, **overrides: Any) -> dict[str, str]:
     for key, value in {**FAST, **overrides}.items():
         env[f"WORKER_{key.upper()}"] = str(value)
     return env
+
+
+async def spawn(database_url: str, *args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """`python <args>` from the repository, on the test database with fast worker settings."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=REPO_ROOT, env=worker_env(database_url), **kwargs
+    )
 
 
 def start_worker_process(database_url: str, **overrides: Any) -> subprocess.Popen[bytes]:

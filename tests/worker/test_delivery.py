@@ -19,6 +19,7 @@ from tests.worker.conftest import (
     eventually,
     running_worker,
     serving,
+    webhook_project,
 )
 from worker import queue
 
@@ -26,8 +27,7 @@ from worker import queue
 async def test_a_delivery_is_signed_sent_once_and_logged(
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
-    project = await make_project("staging")
-    await add_endpoint(db, project, receiver)
+    project, _ = await webhook_project(db, make_project, receiver, "staging")
     [delivery_id] = await emit_events(db, project)
 
     await drain(database_url)
@@ -52,8 +52,7 @@ async def retry_until_final(
     db: Database, database_url: str, make_project: MakeProject, environment: str, status: int
 ) -> tuple[Receiver, dict[str, object], list[dict[str, object]]]:
     async with serving(Receiver(respond=always(status))) as receiver:
-        project = await make_project(environment)
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, environment)
         [delivery_id] = await emit_events(db, project)
 
         async def final() -> bool:
@@ -96,8 +95,7 @@ async def test_dev_retries_past_twenty_attempts_and_succeeds_when_the_receiver_r
         return (500 if len(receiver.received) <= 25 else 200), {}
 
     async with serving(Receiver(respond=recovers_after_25)) as receiver:
-        project = await make_project("dev")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "dev")
         [delivery_id] = await emit_events(db, project)
 
         async def succeeded() -> bool:
@@ -119,8 +117,7 @@ async def test_a_redirect_is_a_failure_and_is_not_followed(
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
     receiver.respond = lambda r, _: (302, {"location": "http://example.com/elsewhere"})
-    project = await make_project("prod")
-    await add_endpoint(db, project, receiver)
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
 
     await drain(database_url, retry_wait_base_seconds=60)
@@ -135,8 +132,7 @@ async def test_410_disables_the_endpoint_and_cancels_its_pending_deliveries(
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
     receiver.respond = always(410)
-    project = await make_project("prod")
-    endpoint = await add_endpoint(db, project, receiver)
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
     ids = await emit_events(db, project, 5)
 
     await drain(database_url, concurrency=1, batch_size=1)
@@ -159,8 +155,7 @@ async def test_retry_after_is_honoured_within_bounds(
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
     receiver.respond = lambda r, _: (429, {"retry-after": "120"})
-    project = await make_project("prod")
-    await add_endpoint(db, project, receiver)
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
     [first] = await emit_events(db, project)
 
     await drain(database_url, retry_after_max_seconds=30)
@@ -175,8 +170,7 @@ async def test_retry_after_is_honoured_within_bounds(
 async def test_private_targets_are_refused_unless_allowed(
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
-    project = await make_project("prod")
-    await add_endpoint(db, project, receiver)
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
 
     await drain(database_url, allow_private_targets=False, retry_wait_base_seconds=60)
@@ -208,8 +202,7 @@ async def test_an_exhausted_delivery_redelivered_gets_a_fresh_retry_budget(
     db: Database, database_url: str, make_project: MakeProject
 ) -> None:
     async with serving(Receiver(respond=always(500))) as receiver:
-        project = await make_project("prod")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
         [delivery_id] = await emit_events(db, project)
 
         async def status_is(expected: str) -> bool:
@@ -231,8 +224,7 @@ async def test_an_exhausted_delivery_redelivered_gets_a_fresh_retry_budget(
 async def test_a_worker_that_lost_its_lease_records_nothing(
     db: Database, make_project: MakeProject, receiver: Receiver
 ) -> None:
-    project = await make_project("prod")
-    await add_endpoint(db, project, receiver)
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
     async with db.as_service() as conn:
         [claimed] = await queue.claim(conn, worker_id="a", limit=10, lease_seconds=0.001)

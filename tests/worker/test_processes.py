@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections import Counter
 from uuid import UUID
 
@@ -13,18 +12,17 @@ import psycopg
 
 from shared.db import Database
 from tests.worker.conftest import (
-    REPO_ROOT,
     MakeProject,
     Receiver,
-    add_endpoint,
     delivery_row,
     emit_events,
     eventually,
     serving,
+    spawn,
     start_worker_process,
     status_counts,
     stop_process,
-    worker_env,
+    webhook_project,
 )
 
 
@@ -54,8 +52,7 @@ async def test_kill_9_mid_run_loses_nothing_and_keeps_attempt_counts(
 
     total = 200
     async with serving(Receiver(respond=fail_first, delay=0.05)) as receiver:
-        project = await make_project("prod")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
         await emit_events(db, project, total)
         settings = {"lease_seconds": 2.0, "concurrency": 10, "batch_size": 20}
 
@@ -64,9 +61,9 @@ async def test_kill_9_mid_run_loses_nothing_and_keeps_attempt_counts(
         await eventually(lambda: _at_least(receiver, 150), what="150 requests before the kill")
         first.send_signal(signal.SIGKILL)
         first.wait()
-        arrived_before = Counter(receiver.arrived)
         counts_before = await attempt_numbers(db)
-        await asyncio.sleep(0.2)  # requests cut by the kill finish on the receiver's side
+        await asyncio.sleep(0.3)  # requests the dead worker had sent reach the receiver
+        arrived_before = Counter(receiver.arrived)
 
         second = start_worker_process(database_url, **settings)
         processes.append(second)
@@ -100,8 +97,7 @@ async def test_three_workers_deliver_each_of_2000_webhooks_exactly_once(
 ) -> None:
     total = 2_000
     async with serving(Receiver()) as receiver:
-        project = await make_project("staging")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "staging")
         await emit_events(db, project, total)
         for _ in range(3):
             processes.append(start_worker_process(database_url, batch_size=40))
@@ -135,8 +131,7 @@ async def test_terminated_connections_are_replaced_and_the_work_finishes(
 ) -> None:
     total = 400
     async with serving(Receiver(delay=0.01)) as receiver:
-        project = await make_project("dev")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "dev")
         await emit_events(db, project, total)
         # A long poll interval: after the terminations only LISTEN (reconnected) wakes the worker.
         worker = start_worker_process(database_url, poll_interval_seconds=60, concurrency=5)
@@ -162,8 +157,7 @@ async def test_sigterm_lets_in_flight_deliveries_finish(
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
     async with serving(Receiver(delay=1.0)) as receiver:
-        project = await make_project("prod")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
         ids = await emit_events(db, project, 5)
         worker = start_worker_process(database_url)
         processes.append(worker)
@@ -181,8 +175,7 @@ async def test_sigterm_past_the_grace_releases_in_flight_deliveries(
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
     async with serving(Receiver(delay=3.0)) as receiver:
-        project = await make_project("prod")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
         ids = await emit_events(db, project, 3)
         worker = start_worker_process(database_url, shutdown_grace_seconds=0.2)
         processes.append(worker)
@@ -211,14 +204,7 @@ async def test_check_reports_a_fresh_heartbeat_only_while_a_worker_runs(
 
 
 async def test_a_dead_task_stops_the_worker_loudly(db: Database, database_url: str) -> None:
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        cwd=REPO_ROOT,
-        env=worker_env(database_url),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await spawn(database_url, "-m", "worker", stderr=asyncio.subprocess.PIPE)
     try:
         async with db.as_service() as conn:
             await conn.execute("set role postgres")
@@ -237,27 +223,16 @@ async def test_drain_delivers_and_sweeps_what_is_due_then_exits(
     db: Database, database_url: str, make_project: MakeProject
 ) -> None:
     async with serving(Receiver()) as receiver:
-        project = await make_project("prod")
-        await add_endpoint(db, project, receiver)
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
         await emit_events(db, project, 20)
-        drain = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "--drain", cwd=REPO_ROOT, env=worker_env(database_url)
-        )
+        drain = await spawn(database_url, "-m", "worker", "--drain")
         assert await asyncio.wait_for(drain.wait(), 60) == 0
     assert (await status_counts(db)) == {"succeeded": 20}
     assert len(receiver.received) == 20
 
 
 async def _check(database_url: str) -> int:
-    check = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "--check",
-        cwd=REPO_ROOT,
-        env=worker_env(database_url),
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    check = await spawn(database_url, "-m", "worker", "--check", stdout=asyncio.subprocess.DEVNULL)
     return await asyncio.wait_for(check.wait(), 30)
 
 
