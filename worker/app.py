@@ -107,10 +107,10 @@ class Worker:
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is stopping:
-                    continue
+                exc = None if task.cancelled() else task.exception()
+                if task is stopping or (exc is None and stop.is_set()):
+                    continue  # the loops return by themselves once stop is set
                 # No task ends on its own while the worker runs: this one died.
-                exc = task.exception() if not task.cancelled() else None
                 logger.opt(exception=exc).critical(
                     "task {} stopped unexpectedly ({}); stopping the worker",
                     task.get_name(),

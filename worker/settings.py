@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,3 +59,13 @@ class WorkerSettings(BaseSettings):
         default=10.0, ge=0, description="In-flight deliveries get this long to finish at stop."
     )
     listen_reconnect_max_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> Self:
+        # A lease shorter than a request lets another worker claim (and send) it again mid-flight.
+        if self.lease_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                "lease_seconds must be longer than request_timeout_seconds"
+                f" ({self.lease_seconds:g} <= {self.request_timeout_seconds:g})"
+            )
+        return self

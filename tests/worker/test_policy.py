@@ -90,3 +90,8 @@ def test_the_ssrf_guard_refuses_non_public_addresses(address: str, why: str | No
 def test_settings_refuse_out_of_range_values(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         WorkerSettings.model_validate({field: 0})
+
+
+def test_a_lease_must_outlast_a_request() -> None:
+    with pytest.raises(ValidationError, match="lease_seconds must be longer than request_timeout"):
+        WorkerSettings(lease_seconds=10, request_timeout_seconds=10)

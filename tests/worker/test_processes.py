@@ -54,7 +54,12 @@ async def test_kill_9_mid_run_loses_nothing_and_keeps_attempt_counts(
     async with serving(Receiver(respond=fail_first, delay=0.05)) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
         await emit_events(db, project, total)
-        settings = {"lease_seconds": 2.0, "concurrency": 10, "batch_size": 20}
+        settings = {
+            "lease_seconds": 2.0,
+            "request_timeout_seconds": 1.5,
+            "concurrency": 10,
+            "batch_size": 20,
+        }
 
         first = start_worker_process(database_url, **settings)
         processes.append(first)
