@@ -216,8 +216,15 @@ class Sender:
         except (aiohttp.ClientError, ValueError) as exc:
             error = _describe(exc)
         duration_ms = round((time.perf_counter() - clock) * 1000)
-        return Response(started_at, duration_ms, status, text, error, retry_after)
+        return Response(
+            started_at, duration_ms, status, _storable(text), _storable(error), retry_after
+        )
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__
+
+
+def _storable(text: str | None) -> str | None:
+    """`text` as Postgres can store it: a receiver's NUL byte must not fail the attempt's record."""
+    return None if text is None else text.replace("\x00", "\ufffd")

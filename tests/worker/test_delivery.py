@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from aiohttp import web
+
 from shared import deliveries
 from shared.db import Database
 from tests.worker.conftest import (
@@ -255,3 +257,21 @@ async def test_a_worker_that_lost_its_lease_records_nothing(
     row = await delivery_row(db, delivery_id)
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
     assert len(await attempt_rows(db, delivery_id)) == 1
+
+
+async def test_a_hostile_response_body_is_stored_truncated_and_cleaned(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    class NulReceiver(Receiver):
+        async def handle(self, request: web.Request) -> web.Response:
+            await super().handle(request)
+            return web.Response(status=500, body=b"bad\x00" + b"x" * 10_000)
+
+    async with serving(NulReceiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        [delivery_id] = await emit_events(db, project)
+        await drain(database_url, retry_wait_base_seconds=60, response_body_limit=100)
+
+    [attempt] = await attempt_rows(db, delivery_id)
+    assert attempt["status_code"] == 500
+    assert attempt["response_body"] == "bad\ufffd" + "x" * 96
