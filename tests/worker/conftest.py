@@ -41,6 +41,7 @@ FAST: dict[str, Any] = {
     "retry_wait_base_seconds": 0.01,
     "retry_wait_max_seconds": 0.05,
     "unbounded_retry_wait_max_seconds": 0.05,
+    "retry_jitter_seconds": 0.0,
     "lease_seconds": 10.0,
     "request_timeout_seconds": 5.0,
     "shutdown_grace_seconds": 5.0,

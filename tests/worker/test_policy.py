@@ -18,6 +18,7 @@ SETTINGS = WorkerSettings(
     retry_wait_max_seconds=60,
     unbounded_retry_wait_max_seconds=25,
     retry_after_max_seconds=100,
+    retry_jitter_seconds=0,
 )
 
 
@@ -95,3 +96,12 @@ def test_settings_refuse_out_of_range_values(field: str) -> None:
 def test_a_lease_must_outlast_a_request() -> None:
     with pytest.raises(ValidationError, match="lease_seconds must be longer than request_timeout"):
         WorkerSettings(lease_seconds=10, request_timeout_seconds=10)
+
+
+def test_jitter_spreads_retries_within_its_bound() -> None:
+    policy = build_policy(
+        "prod", WorkerSettings(retry_wait_base_seconds=10, retry_jitter_seconds=2)
+    )
+    delays = {policy.decide(1).delay_seconds for _ in range(50)}
+    assert all(10 <= d <= 12 for d in delays)
+    assert len(delays) > 1
