@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from uuid import UUID
 
 import aiohttp
 import psycopg
+import uvloop
 
 from ops import database
 from shared.db import Database
@@ -117,6 +118,12 @@ async def plain_loop(url: str, bodies: list[bytes], concurrency: int) -> float:
         return len(bodies) / (time.perf_counter() - started)
 
 
+def _on_uvloop(coro: Coroutine[Any, Any, float]) -> float:
+    """The reference runs on the same event loop implementation as the worker."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def _scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -193,11 +200,11 @@ def bench_deliveries(count: int, rounds: int, concurrency: int) -> dict[str, flo
         try:
             wait_for_heartbeat(url)
             worker_round(url, project, min(count, 500))  # warm up connections and caches
-            asyncio.run(plain_loop(receiver_url, bodies[:500], concurrency))
+            _on_uvloop(plain_loop(receiver_url, bodies[:500], concurrency))
             plain: list[float] = []
             worker_rates: list[float] = []
             for _ in range(rounds):  # alternate, so both see the same noise
-                plain.append(asyncio.run(plain_loop(receiver_url, bodies, concurrency)))
+                plain.append(_on_uvloop(plain_loop(receiver_url, bodies, concurrency)))
                 worker_rates.append(worker_round(url, project, count))
         finally:
             worker.terminate()

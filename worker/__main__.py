@@ -10,6 +10,7 @@ import asyncio
 import signal
 import sys
 
+import uvloop
 from loguru import logger
 
 from shared.logging import configure_logging
@@ -46,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=settings.log_level, log_format=platform.log_format, process="worker")
     if not platform.database_url:
         parser.error("DATABASE_URL is not set")
-    if args.check:
-        return asyncio.run(check(platform, settings))
-    return asyncio.run(_run(Worker(platform, settings), drain=args.drain))
+    # uvloop: the dispatcher spends most of its time in socket I/O, where it is markedly faster.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if args.check:
+            return runner.run(check(platform, settings))
+        return runner.run(_run(Worker(platform, settings), drain=args.drain))
 
 
 if __name__ == "__main__":

@@ -220,8 +220,13 @@ class Dispatcher:
     # Recorder -------------------------------------------------------------------------------------
 
     async def _record_loop(self) -> None:
+        # Results are written together: one statement for many attempts costs about what one
+        # for a single attempt does, so a short wait for more to finish pays for itself.
+        interval = self._settings.record_interval_seconds
         while not self._closing:
             await self._results_ready.wait()
+            if interval and len(self._results) < self._settings.concurrency and not self._closing:
+                await asyncio.sleep(interval)
             self._results_ready.clear()
             await self._flush()
 

@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(
         default=200, ge=1, le=10_000, description="Deliveries leased at once (queued or in flight)."
     )
+    record_interval_seconds: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Finished attempts are recorded together, at most this long after finishing.",
+    )
     concurrency: int = Field(default=50, ge=1, le=1_000, description="HTTP requests in flight.")
     connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Time allowed to connect to a receiver."
