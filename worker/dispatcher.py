@@ -129,6 +129,9 @@ class Dispatcher:
         ]
         recorder = asyncio.create_task(self._record_loop(), name="recorder")
         helpers = [*senders, recorder]
+        for helper in helpers:
+            # A helper that dies wakes the claim loop, which then raises its exception.
+            helper.add_done_callback(lambda _: self._room.set())
         try:
             await self._claim_loop(stop, drain=drain, helpers=helpers)
         finally:

@@ -52,10 +52,11 @@ select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts, c.retry_bas
 # and only those get their attempt row.
 _RECORD = """
 with result as (
+    -- Binary parameters: arrays of hundreds of values dump several times faster that way.
     select *
-      from unnest(%(ids)s::uuid[], %(attempt_numbers)s::int[], %(statuses)s::text[],
-                  %(delays)s::float8[], %(status_codes)s::int[], %(errors)s::text[],
-                  %(started_ats)s::timestamptz[], %(durations)s::int[], %(bodies)s::text[])
+      from unnest(%(ids)b::uuid[], %(attempt_numbers)b::int[], %(statuses)b::text[],
+                  %(delays)b::float8[], %(status_codes)b::int[], %(errors)b::text[],
+                  %(started_ats)b::timestamptz[], %(durations)b::int[], %(bodies)b::text[])
            as r(id, attempt_number, status, delay, status_code, error, started_at, duration_ms,
                 response_body)
 ), updated as (
@@ -192,7 +193,7 @@ async def record(
             "ids": [r.delivery_id for r in results],
             "attempt_numbers": [r.attempt_number for r in results],
             "statuses": [r.outcome for r in results],
-            "delays": [r.delay_seconds for r in results],
+            "delays": [float(r.delay_seconds) for r in results],
             "status_codes": [r.status_code for r in results],
             "errors": [r.error for r in results],
             "started_ats": [r.started_at for r in results],

@@ -11,6 +11,7 @@ from uuid import UUID
 import psycopg
 
 from shared.db import Database
+from shared.settings import PlatformSettings
 from tests.worker.conftest import (
     MakeProject,
     Receiver,
@@ -23,7 +24,9 @@ from tests.worker.conftest import (
     status_counts,
     stop_process,
     webhook_project,
+    worker_settings,
 )
+from worker.app import Worker
 
 
 async def all_succeeded(db: Database, total: int) -> bool:
@@ -247,3 +250,23 @@ async def _at_least(receiver: Receiver, count: int) -> bool:
 
 async def _arrived(receiver: Receiver, count: int) -> bool:
     return len(receiver.arrived) >= count
+
+
+async def test_a_dead_recorder_stops_the_worker_instead_of_hanging(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        async with db.as_service() as conn:
+            await conn.execute("set role postgres")
+            # Recording attempts fails for good (a bug, not an outage): the recorder dies.
+            await conn.execute(
+                "create function public.refuse_attempts() returns trigger language plpgsql as"
+                " $$ begin raise exception 'attempts are refused'; end $$;"
+                " create trigger refuse_attempts before insert on public.webhook_attempts"
+                " for each row execute function public.refuse_attempts()"
+            )
+        await emit_events(db, project, 60)
+        worker = Worker(PlatformSettings(database_url=database_url), worker_settings(batch_size=10))
+        assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
+    assert (await status_counts(db)) == {"pending": 60}
