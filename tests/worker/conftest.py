@@ -20,6 +20,7 @@ from uuid import UUID
 
 import pytest
 from aiohttp import web
+from psycopg import sql
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -230,6 +231,29 @@ async def add_usage(
             "insert into public.usage_counters (project_id, window_start, requests, request_cap)"
             " values (%s, %s, %s, %s)",
             (project_id, window_start, requests, request_cap),
+        )
+
+
+async def refuse_inserts(db: Database, table: str) -> None:
+    """Make every insert into `public.<table>` fail (a stand-in for a bug, not an outage);
+    `allow_inserts` undoes it."""
+    async with db.as_service() as conn:
+        await conn.execute("set role postgres")
+        await conn.execute(
+            sql.SQL(
+                "create or replace function public.refuse_insert() returns trigger"
+                " language plpgsql as $$ begin raise exception '% are refused', tg_table_name;"
+                " end $$; create trigger refuse_insert before insert on {} for each row"
+                " execute function public.refuse_insert()"
+            ).format(sql.Identifier("public", table))
+        )
+
+
+async def allow_inserts(db: Database, table: str) -> None:
+    async with db.as_service() as conn:
+        await conn.execute("set role postgres")
+        await conn.execute(
+            sql.SQL("drop trigger refuse_insert on {}").format(sql.Identifier("public", table))
         )
 
 

@@ -13,7 +13,13 @@ from shared import suspensions
 from shared.db import Database
 from shared.errors import InvalidInput, ParityError
 from shared.settings import PlatformSettings
-from tests.worker.conftest import MakeProject, add_usage, worker_settings
+from tests.worker.conftest import (
+    MakeProject,
+    add_usage,
+    allow_inserts,
+    refuse_inserts,
+    worker_settings,
+)
 from worker import autosuspend
 from worker.app import Worker, sweep
 
@@ -141,14 +147,7 @@ async def test_a_suspension_is_all_or_nothing(db: Database, make_project: MakePr
     written, nothing else is either, and the next sweep tries again."""
     project = await make_project("prod")
     await add_usage(db, project, requests=200, request_cap=100, window_start=WINDOW)
-    async with db.as_service() as conn:
-        await conn.execute("set role postgres")
-        await conn.execute(
-            "create function public.refuse_events() returns trigger language plpgsql as"
-            " $$ begin raise exception 'events are refused'; end $$;"
-            " create trigger refuse_events before insert on public.events"
-            " for each row execute function public.refuse_events()"
-        )
+    await refuse_inserts(db, "events")
     with pytest.raises(ParityError, match="events are refused"):
         await sweep(db, worker_settings())
     assert await project_state(db, project) == {
@@ -157,9 +156,7 @@ async def test_a_suspension_is_all_or_nothing(db: Database, make_project: MakePr
         "open_suspensions": 0,
         "events": [],
     }
-    async with db.as_service() as conn:
-        await conn.execute("set role postgres")
-        await conn.execute("drop trigger refuse_events on public.events")
+    await allow_inserts(db, "events")
     assert (await sweep(db, worker_settings())).suspended == 1
     assert (await project_state(db, project))["status"] == "suspended"
 

@@ -18,6 +18,7 @@ from tests.worker.conftest import (
     delivery_row,
     emit_events,
     eventually,
+    refuse_inserts,
     serving,
     spawn,
     start_worker_process,
@@ -257,15 +258,8 @@ async def test_a_dead_recorder_stops_the_worker_instead_of_hanging(
 ) -> None:
     async with serving(Receiver()) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
-        async with db.as_service() as conn:
-            await conn.execute("set role postgres")
-            # Recording attempts fails for good (a bug, not an outage): the recorder dies.
-            await conn.execute(
-                "create function public.refuse_attempts() returns trigger language plpgsql as"
-                " $$ begin raise exception 'attempts are refused'; end $$;"
-                " create trigger refuse_attempts before insert on public.webhook_attempts"
-                " for each row execute function public.refuse_attempts()"
-            )
+        # Recording attempts fails for good (a bug, not an outage): the recorder dies.
+        await refuse_inserts(db, "webhook_attempts")
         await emit_events(db, project, 60)
         worker = Worker(PlatformSettings(database_url=database_url), worker_settings(batch_size=10))
         assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
