@@ -12,6 +12,7 @@ import sys
 
 import uvloop
 from loguru import logger
+from pydantic import ValidationError
 
 from shared.logging import configure_logging
 from shared.settings import PlatformSettings
@@ -42,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 0 if a worker heartbeat is fresh")
     args = parser.parse_args(argv)
 
-    platform = PlatformSettings()
-    settings = WorkerSettings()
+    try:
+        platform = PlatformSettings()
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        parser.error(f"invalid settings (environment variables): {exc}")
     configure_logging(level=settings.log_level, log_format=platform.log_format, process="worker")
     if not platform.database_url:
         parser.error("DATABASE_URL is not set")

@@ -302,10 +302,14 @@ def worker_env(database_url: str, **overrides: Any) -> dict[str, str]:
     return env
 
 
-async def spawn(database_url: str, *args: str, **kwargs: Any) -> asyncio.subprocess.Process:
-    """`python <args>` from the repository, on the test database with fast worker settings."""
+async def spawn(
+    database_url: str, *args: str, settings: dict[str, Any] | None = None, **kwargs: Any
+) -> asyncio.subprocess.Process:
+    """`python <args>` from the repository, on the test database with fast worker settings
+    (and `settings` over them)."""
+    env = worker_env(database_url, **(settings or {}))
     return await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=REPO_ROOT, env=worker_env(database_url), **kwargs
+        sys.executable, *args, cwd=REPO_ROOT, env=env, **kwargs
     )
 
 

@@ -264,3 +264,17 @@ async def test_a_dead_recorder_stops_the_worker_instead_of_hanging(
         worker = Worker(PlatformSettings(database_url=database_url), worker_settings(batch_size=10))
         assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
     assert (await status_counts(db)) == {"pending": 60}
+
+
+async def test_bad_settings_are_refused_with_a_clear_error(database_url: str) -> None:
+    worker = await spawn(
+        database_url,
+        "-m",
+        "worker",
+        settings={"concurrency": 0},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    assert worker.returncode == 2
+    assert "invalid settings" in stderr.decode()
+    assert "concurrency" in stderr.decode()
