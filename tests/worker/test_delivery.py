@@ -275,3 +275,22 @@ async def test_a_hostile_response_body_is_stored_truncated_and_cleaned(
     [attempt] = await attempt_rows(db, delivery_id)
     assert attempt["status_code"] == 500
     assert attempt["response_body"] == "bad\ufffd" + "x" * 96
+
+
+async def test_deliveries_of_an_endpoint_disabled_by_its_owner_are_cancelled_unsent(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, endpoint = await webhook_project(db, make_project, receiver, "dev")
+    ids = await emit_events(db, project, 3)
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_endpoints set enabled = false where id = %s", (endpoint,)
+        )
+
+    await drain(database_url)
+
+    assert receiver.received == []
+    for delivery_id in ids:
+        row = await delivery_row(db, delivery_id)
+        assert (row["status"], row["attempts"], row["leased_by"]) == ("cancelled", 0, None)
+        assert row["last_error"] == "endpoint disabled"
