@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 from collections.abc import Coroutine
@@ -41,11 +42,7 @@ async def sweep(db: Database, settings: WorkerSettings) -> SweepResult:
                 result.suspended,
                 result.warned,
             )
-        total = SweepResult(
-            total.violators + result.violators,
-            total.suspended + result.suspended,
-            total.warned + result.warned,
-        )
+        total = total + result
         if result.violators < settings.sweep_batch_size:
             return total
 
@@ -60,6 +57,8 @@ class Worker:
         self.settings = settings
         self.worker_id = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.started_at = datetime.now(UTC)
+        self.swept = SweepResult(0, 0, 0)
+        """Totals of every sweep so far, for the heartbeat."""
 
     def _database(self) -> Database:
         return Database(
@@ -143,7 +142,7 @@ class Worker:
     async def _sweep_loop(self, db: Database, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await sweep(db, self.settings)
+                self.swept = self.swept + await sweep(db, self.settings)
             except DatabaseUnavailable as exc:
                 logger.warning("auto-suspend sweep failed, database unavailable: {}", exc)
             await wait_any(stop, seconds=self.settings.sweep_interval_seconds)
@@ -160,7 +159,10 @@ class Worker:
                         hostname=socket.gethostname(),
                         pid=os.getpid(),
                         started_at=self.started_at,
-                        tasks={"dispatcher": dispatcher.stats.as_dict()},
+                        tasks={
+                            "dispatcher": dispatcher.stats.as_dict(),
+                            "sweeper": dataclasses.asdict(self.swept),
+                        },
                     )
             except DatabaseUnavailable as exc:
                 logger.warning("heartbeat failed, database unavailable: {}", exc)

@@ -46,11 +46,18 @@ select h.project_id, h.window_start, h.requests, h.request_cap, p.environment
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    """What one batch did."""
+    """What a sweep (or one batch of it) did."""
 
     violators: int
     suspended: int
     warned: int
+
+    def __add__(self, other: SweepResult) -> SweepResult:
+        return SweepResult(
+            self.violators + other.violators,
+            self.suspended + other.suspended,
+            self.warned + other.warned,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,12 @@ from tests.worker.conftest import (
     MakeProject,
     add_usage,
     allow_inserts,
+    eventually,
     refuse_inserts,
+    running_worker,
     worker_settings,
 )
-from worker import autosuspend
+from worker import autosuspend, heartbeat
 from worker.app import Worker, sweep
 
 WINDOW = datetime(2026, 4, 1, tzinfo=UTC)
@@ -206,3 +208,23 @@ async def test_the_sweep_query_reads_the_violators_partial_index(db: Database) -
 def test_platform_settings_need_a_database_for_the_worker() -> None:
     with pytest.raises(ValueError, match="DATABASE_URL is not set"):
         Worker(PlatformSettings(database_url=""), worker_settings())
+
+
+async def test_the_running_worker_sweeps_by_itself_and_reports_it_in_its_heartbeat(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    project = await make_project("prod")
+    async with running_worker(database_url) as worker:
+        await add_usage(db, project, requests=11, request_cap=10, window_start=WINDOW)
+
+        async def reported() -> bool:
+            async with db.as_service() as conn:
+                beats = await heartbeat.fresh(conn, max_age_seconds=30)
+            return any(b.tasks.get("sweeper", {}).get("suspended") == 1 for b in beats)
+
+        await eventually(reported, what="a heartbeat reporting the suspension")
+        async with db.as_service() as conn:
+            [beat] = await heartbeat.fresh(conn, max_age_seconds=30)
+        assert beat.worker_id == worker.worker_id
+        assert beat.tasks["dispatcher"]["claimed"] == 0
+    assert (await project_state(db, project))["status"] == "suspended"
