@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -96,10 +97,13 @@ def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
     pgserver listens on a Unix socket only; the URL names it in the `host` query parameter.
     The server keeps running after this process exits, so the next run starts at once.
     """
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
+        warnings.simplefilter("ignore")
+        import pgserver
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     socket_dir = urlsplit(server.get_uri()).query.removeprefix("host=")
     return f"postgresql://postgres@localhost:5432/postgres?host={socket_dir}"
 

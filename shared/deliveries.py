@@ -19,8 +19,8 @@ DeliveryStatus = Literal["pending", "succeeded", "exhausted", "cancelled"]
 
 _COLUMNS = (
     "d.id, d.event_id, d.endpoint_id, d.project_id, d.environment, d.status, d.attempts,"
-    " d.retry_base, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.completed_at,"
-    " e.type as event_type"
+    " d.retry_base, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at,"
+    " d.completed_at, e.type as event_type"
 )
 
 
