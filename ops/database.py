@@ -57,7 +57,7 @@ def bootstrap(url: str) -> None:
         conn.execute(BOOTSTRAP_SQL.read_text().encode())
 
 
-def _run_cli(args: list[str], workdir: Path) -> str:
+def run_cli(args: list[str], workdir: Path = REPO_ROOT) -> str:
     result = subprocess.run(
         [str(supabase_cli()), *args, "--workdir", str(workdir)],
         capture_output=True,
@@ -74,12 +74,12 @@ def _run_cli(args: list[str], workdir: Path) -> str:
 
 def push_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
     """`supabase db push`: apply the migrations in `workdir/supabase/migrations` not yet applied."""
-    return _run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
+    return run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
 
 
 def list_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
     """`supabase migration list`: local migrations beside those the database has applied."""
-    return _run_cli(["migration", "list", "--db-url", cli_url(url)], workdir)
+    return run_cli(["migration", "list", "--db-url", cli_url(url)], workdir)
 
 
 def applied_migrations(url: str) -> list[str]:
