@@ -3,6 +3,7 @@ and migrations applied by the real Supabase CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import warnings
@@ -95,7 +96,7 @@ def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
     """Start (or reuse) the embedded Postgres under `data_dir`; return its URL.
 
     pgserver listens on a Unix socket only; the URL names it in the `host` query parameter.
-    The server keeps running after this process exits, so the next run starts at once.
+    The server keeps running until :func:`stop_embedded`.
     """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
@@ -106,6 +107,18 @@ def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
         server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     socket_dir = urlsplit(server.get_uri()).query.removeprefix("host=")
     return f"postgresql://postgres@localhost:5432/postgres?host={socket_dir}"
+
+
+def stop_embedded(data_dir: Path = DATA_DIR / "postgres") -> None:
+    """Stop the embedded Postgres under `data_dir` (fast shutdown), if it runs."""
+    import pgserver
+
+    # Postgres refuses to run as root; pgserver then runs it as its own system user.
+    user = "pgserver" if os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError):
+        pgserver.pg_ctl(  # type: ignore[attr-defined]
+            ["-m", "fast", "-w", "stop"], pgdata=data_dir, user=user
+        )
 
 
 def prepare(url: str) -> str:
