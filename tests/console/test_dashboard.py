@@ -169,3 +169,14 @@ async def test_another_users_project_page_is_not_found(client: httpx.AsyncClient
         )
         assert response.status_code == 404, action
     assert "mine" not in (await client.get("/projects")).text
+
+
+async def test_form_input_postgres_cannot_store_is_a_clear_422(client: httpx.AsyncClient) -> None:
+    await sign_in(client, "ada@example.com", "correct horse")
+    token = csrf_token(await client.get("/projects"))
+    response = await client.post(
+        "/projects", data={"name": "a\x00b", "environment": "dev", CSRF_FIELD: token}
+    )
+    assert response.status_code == 422
+    assert "NUL" in response.text
+    assert "a\x00b" not in (await client.get("/projects")).text
