@@ -26,7 +26,8 @@ class ConsoleSettings(BaseSettings):
     )
     jwks_url: str | None = Field(
         default=None,
-        description="Supabase Auth JWKS URL; when set, asymmetric tokens are verified with it.",
+        description="JWKS URL for asymmetric session tokens; defaults to Supabase Auth's when "
+        "SUPABASE_URL is set.",
     )
     jwt_audience: str = Field(default="authenticated")
     supabase_url: str | None = Field(
@@ -52,6 +53,15 @@ class ConsoleSettings(BaseSettings):
     @property
     def uses_supabase_auth(self) -> bool:
         return bool(self.supabase_url and self.supabase_anon_key)
+
+    @property
+    def effective_jwks_url(self) -> str | None:
+        """The JWKS to verify asymmetric tokens with: the configured one, else Supabase Auth's."""
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+        return None
 
     @property
     def uses_dev_secret(self) -> bool:

@@ -34,9 +34,12 @@ class SupabaseSignIn:
     """Password sign-in with Supabase Auth; its access token is the session token."""
 
     def __init__(self, url: str, anon_key: str) -> None:
-        from supabase import create_client
+        from supabase import ClientOptions, create_client
 
-        self._client: Any = create_client(url, anon_key)
+        # One client serves every user: it must not keep (or refresh in a background thread) the
+        # session of whoever signed in last. The token goes to the browser, not into the client.
+        options = ClientOptions(auto_refresh_token=False, persist_session=False)
+        self._client: Any = create_client(url, anon_key, options=options)
 
     async def __call__(self, email: str, password: str) -> str:
         users.clean_email(email)

@@ -3,12 +3,14 @@ served by uvicorn on a free loopback port for the browser and the schema run."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import psycopg
@@ -121,3 +123,42 @@ def create_user_sync(database_url: str, email: str) -> User:
         ).fetchone()
         assert row is not None
         return User(id=row[0], email=email)
+
+
+JsonAnswer = Callable[[str, str, dict[str, str], bytes], tuple[int, object]]
+"""(method, path, headers with lower-case names, body) -> (status, JSON payload)."""
+
+
+@contextmanager
+def json_server(answer: JsonAnswer) -> Iterator[str]:
+    """A real HTTP server on a free loopback port answering JSON; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            status, payload = answer(
+                self.command,
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                self.rfile.read(length),
+            )
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = handle_any
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

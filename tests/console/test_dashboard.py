@@ -8,6 +8,7 @@ import re
 import httpx
 
 from console.context import CSRF_COOKIE, CSRF_FIELD
+from shared.db import Database
 
 TOKEN_IN_PAGE = re.compile(r'id="new-key-token">(nm_[A-Za-z0-9_]+)<')
 
@@ -180,3 +181,61 @@ async def test_form_input_postgres_cannot_store_is_a_clear_422(client: httpx.Asy
     assert response.status_code == 422
     assert "NUL" in response.text
     assert "a\x00b" not in (await client.get("/projects")).text
+
+
+async def test_webhooks_delivery_log_and_suspension_on_the_project_page(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    await sign_in(client, "ada@example.com", "correct horse")
+    token = csrf_token(await client.get("/projects"))
+    project = (
+        await client.post(
+            "/projects", data={"name": "lab", "environment": "dev", CSRF_FIELD: token}
+        )
+    ).headers["location"]
+    pid = project.rsplit("/", 1)[1]
+
+    created = await client.post(
+        f"{project}/webhooks",
+        data={"url": "https://example.com/hook", "event_types": "webhook.test", CSRF_FIELD: token},
+    )
+    assert created.status_code == 200
+    assert created.headers["cache-control"] == "no-store"
+    secret = re.search(r'id="new-endpoint-secret">(whsec_[A-Za-z0-9+/=]+)<', created.text)
+    assert secret is not None
+    page = await client.get(project)
+    assert secret[1] not in page.text
+    assert "https://example.com/hook" in page.text
+
+    sent = await client.post(f"{project}/test-event", data={CSRF_FIELD: token})
+    assert sent.status_code == 303
+    page = await client.get(sent.headers["location"])
+    assert "Test event sent" in page.text
+    [delivery_id] = re.findall(r'data-delivery-id="([0-9a-f-]+)"', page.text)
+    assert "/redeliver" not in page.text  # pending deliveries are not offered for redelivery
+
+    async with db.as_service() as conn:
+        await conn.execute(
+            "insert into public.webhook_attempts"
+            " (delivery_id, attempt_number, started_at, duration_ms, status_code)"
+            " values (%s, 1, now(), 31, 503)",
+            (delivery_id,),
+        )
+        await conn.execute(
+            "update public.webhook_deliveries set status = 'exhausted', attempts = 1,"
+            " last_status_code = 503, completed_at = now() where id = %s",
+            (delivery_id,),
+        )
+        await conn.execute(
+            "insert into public.suspensions (project_id, reason) values (%s, 'cap of 10 passed')",
+            (pid,),
+        )
+    page = await client.get(project)
+    assert "#1" in page.text and "503 in 31 ms" in page.text
+    assert "Suspended since" in page.text and "cap of 10 passed" in page.text
+    redelivered = await client.post(
+        f"{project}/deliveries/{delivery_id}/redeliver", data={CSRF_FIELD: token}
+    )
+    assert redelivered.status_code == 303
+    detail = (await client.get(f"/api/v1/deliveries/{delivery_id}")).json()
+    assert detail["delivery"]["status"] == "pending"
