@@ -8,9 +8,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response, status
 
+from console.auth import Unauthenticated
 from console.context import ApiSession, ConsoleDep
 from console.schemas import (
     CreatedEndpointOut,
+    Credentials,
     DeliveryDetailOut,
     EndpointCreate,
     EnvironmentOut,
@@ -25,11 +27,13 @@ from console.schemas import (
     SuspensionStateOut,
     TestEvent,
     TestEventOut,
+    TokenOut,
 )
 from shared import apikeys, deliveries, projects, suspensions, webhooks
 from shared.apikeys import ApiKey, IssuedKey
 from shared.deliveries import Delivery
 from shared.environment import Environment
+from shared.errors import PermissionDenied
 from shared.projects import Project
 from shared.webhooks import WebhookEndpoint
 
@@ -55,6 +59,18 @@ def key_out(key: ApiKey) -> KeyOut:
 
 def issued_out(issued: IssuedKey) -> IssuedKeyOut:
     return IssuedKeyOut(key=key_out(issued.key), token=issued.token)
+
+
+@router.post("/auth/token", tags=["session"], responses={403: _ERRORS[401]})
+async def sign_in(body: Credentials, state: ConsoleDep, response: Response) -> TokenOut:
+    """A session token for API clients: the same sign-in as the dashboard's (Supabase Auth when
+    configured, else the local one)."""
+    response.headers["Cache-Control"] = "no-store"
+    try:
+        token = await state.sign_in(body.email, body.password)
+    except PermissionDenied as exc:
+        raise Unauthenticated(exc.message) from None
+    return TokenOut(access_token=token)
 
 
 @router.get("/me", tags=["session"])

@@ -89,7 +89,7 @@ def create_app(
     db = database or Database(
         platform.database_url,
         min_size=platform.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
+        max_size=platform.db_pool_max_size,
         name="console",
     )
     auth = Authenticator(settings)

@@ -30,12 +30,12 @@ class Console:
     templates: Jinja2Templates
 
 
-def console(request: Request) -> Console:
+def get_console(request: Request) -> Console:
     state: Console = request.app.state.console
     return state
 
 
-ConsoleDep = Annotated[Console, Depends(console)]
+ConsoleDep = Annotated[Console, Depends(get_console)]
 
 
 def bearer_token(request: Request) -> str | None:

@@ -28,6 +28,8 @@ KeyName = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_n
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_no_nul)]
 Description = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
 EventType = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_no_nul)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
 Message = Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)]
 
 
@@ -40,6 +42,11 @@ class Output(BaseModel):
 
 
 # Requests ----------------------------------------------------------------------------------------
+
+
+class Credentials(Input):
+    email: Email = Field(examples=["ada@example.com"])
+    password: Password
 
 
 class ProjectCreate(Input):
@@ -149,6 +156,11 @@ class SuspensionStateOut(Output):
 class DeliveryDetailOut(Output):
     delivery: Delivery
     attempts: list[Attempt] = Field(description="Every HTTP attempt, first first.")
+
+
+class TokenOut(Output):
+    access_token: str = Field(description="Send as `Authorization: Bearer <token>`.")
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth token type)
 
 
 class MeOut(Output):

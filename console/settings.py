@@ -47,7 +47,6 @@ class ConsoleSettings(BaseSettings):
         default=False, description="Send cookies over HTTPS only (turn on behind TLS)."
     )
     cookie_samesite: Literal["lax", "strict"] = "lax"
-    db_pool_max_size: int = Field(default=10, ge=1, le=100)
     deliveries_page_size: int = Field(default=50, ge=1, le=500)
 
     @property

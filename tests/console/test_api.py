@@ -9,7 +9,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from shared import deliveries
+from shared import deliveries, users
 from shared.db import Database
 from shared.keys import parse_token
 from tests.console.conftest import SignInAs
@@ -367,3 +367,37 @@ async def test_openapi_is_served(client: httpx.AsyncClient) -> None:
     assert "/api/v1/projects" in schema["paths"]
     assert "/api/v1/keys/{key_id}/rotate" in schema["paths"]
     assert not any(path.startswith("/projects") for path in schema["paths"])
+
+
+async def test_api_clients_sign_in_for_a_bearer_token(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    url = "/api/v1/auth/token"
+    first = await client.post(url, json={"email": "Ada@example.com", "password": "correct horse"})
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "no-store"
+    headers = {"Authorization": f"Bearer {first.json()['access_token']}"}
+    me = (await client.get("/api/v1/me", headers=headers)).json()
+    assert me["email"] == "ada@example.com"
+    wrong = await client.post(url, json={"email": "ada@example.com", "password": "not it at all"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["message"] == "wrong email or password"
+    for body in ({"email": "ada@example.com", "password": "short"}, {"email": "nope"}):
+        assert (await client.post(url, json=body)).status_code == 422
+
+    # An operator-seeded user (no password yet) sets one at the first sign-in.
+    async with db.as_service() as conn:
+        seeded = await users.ensure_user(conn, "demo@example.com")
+        assert (await users.ensure_user(conn, "DEMO@example.com")).id == seeded.id
+    claimed = await client.post(url, json={"email": "demo@example.com", "password": "demo-pass"})
+    assert claimed.status_code == 200
+    again = await client.post(url, json={"email": "demo@example.com", "password": "other-pass"})
+    assert again.status_code == 401
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select encrypted_password from auth.users where email = 'demo@example.com'"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    assert row["encrypted_password"].startswith("scrypt$")
+    assert "demo-pass" not in row["encrypted_password"]
