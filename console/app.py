@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from console import api, dashboard
 from console.auth import Authenticator, Csrf, Unauthenticated
@@ -70,6 +71,20 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     return dashboard.error_page(request, 422, message)
 
 
+_HTTP_CODES: Final = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 400: "BAD_REQUEST"}
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Framework errors (unknown route, wrong method, unreadable body) in the API's error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if not is_api(request):
+        return dashboard.error_page(request, exc.status_code, str(exc.detail))
+    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    response = error_json(exc.status_code, ErrorBody(code=code, message=str(exc.detail)))
+    response.headers.update(exc.headers or {})
+    return response
+
+
 def build_sign_in(settings: ConsoleSettings, db: Database, auth: Authenticator) -> SignIn:
     if settings.uses_supabase_auth:
         assert settings.supabase_url and settings.supabase_anon_key
@@ -125,6 +140,7 @@ def create_app(
     )
     app.add_exception_handler(ParityError, on_parity_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
 
     @app.middleware("http")
     async def security_headers(

@@ -401,3 +401,19 @@ async def test_api_clients_sign_in_for_a_bearer_token(
     assert row is not None
     assert row["encrypted_password"].startswith("scrypt$")
     assert "demo-pass" not in row["encrypted_password"]
+
+
+async def test_framework_errors_use_the_api_error_shape(
+    client: httpx.AsyncClient, sign_in_as: SignInAs
+) -> None:
+    alice = await sign_in_as("alice@example.com")
+    unknown = await client.get("/api/v1/nothing-here", headers=alice.headers)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "NOT_FOUND"
+    wrong_method = await client.put("/api/v1/projects", headers=alice.headers)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert "GET" in wrong_method.headers["allow"]
+    page = await client.get("/no-such-page")
+    assert page.status_code == 404
+    assert "Back to your projects" in page.text
