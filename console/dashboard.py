@@ -270,7 +270,8 @@ def confirm_destructive(project: Project, form: dict[str, str], what: str) -> No
     """On prod projects, destructive actions need the project's name typed in."""
     if project.environment is Environment.PROD and form.get("confirm_name", "") != project.name:
         raise InvalidInput(
-            f"{what} in a production project: type the project name {project.name!r} to confirm"
+            f"{what} in production needs confirmation:"
+            f" type the project name {project.name!r} to confirm"
         )
 
 
@@ -325,7 +326,7 @@ async def delete_project(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
 ) -> Response:
     async def delete(conn: Connection, project: Project) -> Response:
-        confirm_destructive(project, form, "Deleting the project")
+        confirm_destructive(project, form, "Deleting this project")
         await projects.delete_project(conn, project.id)
         return see_other("/projects")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
-CHROMIUM = Path(os.environ.get("PARITY_CHROMIUM", "/usr/bin/chromium"))
+DEFAULT_CHROMIUM = "/usr/bin/chromium"  # Debian's package
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -32,12 +32,13 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def page(served_console: str) -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    chromium = Path(os.environ.get("PARITY_CHROMIUM", DEFAULT_CHROMIUM))
+    if not chromium.exists():
+        pytest.skip(f"Chromium not found at {chromium}")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
         )
         try:
             context = browser.new_context(base_url=served_console)
@@ -139,3 +140,40 @@ def test_environments_badges_banner_and_a_key_shown_once(page: Page) -> None:
     page.click(".revoke-form button[type=submit]")
     expect(page.locator("#key-list tbody tr").first.locator(".key-status")).to_have_text("revoked")
     shot(page, "07-key-revoked")
+
+
+def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Page) -> None:
+    page.goto("/signin")
+    page.fill("input[name=email]", "grace@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("#signin-form button[type=submit]")
+    page.fill("#create-project input[name=name]", "storefront")
+    page.click("#create-project button[type=submit]")
+    expect(page.locator("#prod-warning")).to_be_visible()
+
+    page.fill("#create-endpoint input[name=url]", "https://example.com/hooks")
+    page.click("#create-endpoint button[type=submit]")
+    secret = page.locator("#new-endpoint-secret").inner_text()
+    assert secret.startswith("whsec_")
+    page.click("#send-test-event")
+    expect(page.locator(".notice")).to_contain_text("Test event sent")
+    assert secret not in page.content()
+    row = page.locator("#delivery-list tbody tr").first
+    expect(row).to_contain_text("webhook.test")
+    expect(row).to_contain_text("pending")
+    shot(page, "08-delivery-log")
+
+    # The browser will not submit the prod delete without the name; a wrong name is refused.
+    delete = page.locator("#delete-project")
+    before = page.url
+    delete.locator("button[type=submit]").click()
+    expect(page).to_have_url(before)
+    assert delete.locator("input[name=confirm_name]").evaluate("el => el.validity.valueMissing")
+    delete.locator("input[name=confirm_name]").fill("storefrontt")
+    delete.locator("button[type=submit]").click()
+    expect(page.locator("#page-error")).to_contain_text("type the project name 'storefront'")
+    shot(page, "09-prod-delete-refused")
+    page.locator("#delete-project input[name=confirm_name]").fill("storefront")
+    page.locator("#delete-project button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"/projects$"))
+    expect(page.locator("#project-list")).to_have_count(0)

@@ -25,7 +25,7 @@ from console.settings import ConsoleSettings
 from shared.users import User as AuthUser
 from tests.console.conftest import create_user_sync
 
-EXAMPLES = int(os.environ.get("PARITY_FUZZ_EXAMPLES", "300"))
+DEFAULT_EXAMPLES = "300"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def test_no_route_answers_5xx(seeded: Seeded, mode: GenerationMode) -> None:
 
     @given(case=schema.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=int(os.environ.get("PARITY_FUZZ_EXAMPLES", DEFAULT_EXAMPLES)),
         deadline=None,
         derandomize=True,
         database=None,
