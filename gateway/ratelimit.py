@@ -1,0 +1,91 @@
+"""Per-project rate limits with the `limits` library: a fixed window per project, in memory by
+default or in Redis so that several gateways share one budget.
+
+The effective limit is the project's base limit (or the platform default) times its environment's
+`rate_limit_multiplier`; the caller computes it from `get_environment_config`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
+
+
+def build_storage(redis_url: str | None, *, key_prefix: str) -> Storage:
+    """Redis storage when `redis_url` is set (replicas share budgets), memory storage otherwise."""
+    if not redis_url:
+        return MemoryStorage()
+    storage = storage_from_string(f"async+{redis_url}", key_prefix=key_prefix)
+    assert isinstance(storage, Storage)
+    return storage
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One rate-limit decision and what the response headers say about it."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+    """Epoch seconds when the window resets."""
+    window_seconds: int
+
+    @property
+    def reset_after(self) -> int:
+        """Whole seconds until the window resets (at least 1 while it has not)."""
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """`RateLimit-Policy` and `RateLimit` (IETF draft) and the `X-RateLimit-*` family
+        (`X-RateLimit-Reset` in epoch seconds, as GitHub's), plus `Retry-After` on a refusal."""
+        reset_after = self.reset_after
+        limit = str(self.limit).encode()
+        remaining = str(self.remaining).encode()
+        headers = [
+            (b"ratelimit-policy", b"%s;w=%d" % (limit, self.window_seconds)),
+            (b"ratelimit", b"limit=%s, remaining=%s, reset=%d" % (limit, remaining, reset_after)),
+            (b"x-ratelimit-limit", limit),
+            (b"x-ratelimit-remaining", remaining),
+            (b"x-ratelimit-reset", b"%d" % math.ceil(self.reset_at)),
+        ]
+        if not self.allowed:
+            headers.append((b"retry-after", b"%d" % reset_after))
+        return headers
+
+
+class ProjectRateLimiter:
+    """A fixed window of `window_seconds` per project."""
+
+    def __init__(self, storage: Storage, *, window_seconds: int) -> None:
+        self.storage = storage
+        self._limiter = FixedWindowRateLimiter(storage)
+        self._window = window_seconds
+        self._items: dict[int, RateLimitItem] = {}
+
+    def _item(self, limit: int) -> RateLimitItem:
+        item = self._items.get(limit)
+        if item is None:
+            item = self._items[limit] = RateLimitItemPerSecond(limit, self._window)
+        return item
+
+    async def hit(self, project_id: UUID, limit: int) -> Decision:
+        """Count one request of `project_id` against `limit` and decide."""
+        item = self._item(limit)
+        identifier = str(project_id)
+        allowed = await self._limiter.hit(item, identifier)
+        stats = await self._limiter.get_window_stats(item, identifier)
+        return Decision(
+            allowed=allowed,
+            limit=limit,
+            remaining=stats.remaining,
+            reset_at=stats.reset_time,
+            window_seconds=self._window,
+        )
