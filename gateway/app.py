@@ -81,7 +81,10 @@ def authorize(credential: Credential | None, method: str, now: datetime | None =
             " suspension"
         )
     if credential.kind is KeyKind.PUBLISHABLE and method not in READ_METHODS:
-        raise PublishableKeyReadOnly()
+        raise PublishableKeyReadOnly(
+            f"publishable (pk) keys may only make read requests (GET, HEAD, OPTIONS), not"
+            f" {method}: use a secret (sk) key from your server for writes"
+        )
 
 
 class Gateway:

@@ -16,8 +16,7 @@ from shared.errors import (
 
 
 class PublishableKeyReadOnly(ParityError):
-    """Publishable (pk) keys may only make read requests (GET, HEAD, OPTIONS): use a secret (sk)
-    key from your server for writes."""
+    """Publishable (pk) keys make read requests only: use a secret (sk) key for writes."""
 
     code = "PUBLISHABLE_KEY_READ_ONLY"
 
@@ -29,7 +28,7 @@ class UpstreamUnavailable(ParityError):
 
 
 class UpstreamTimeout(ParityError):
-    """The upstream service did not answer in time: retry shortly, or make the request lighter."""
+    """The upstream service did not answer in time: retry shortly, or lighten the request."""
 
     code = "UPSTREAM_TIMEOUT"
 

@@ -46,12 +46,24 @@ def forward_headers(
 ) -> CIMultiDict[str]:
     """Request headers for the upstream: without hop-by-hop headers, the names in `drop` (the
     credential the gateway consumed) and any client-supplied identity header; with ours."""
+    pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+    # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name == "connection"
+        for token in value.split(",")
+    }
     headers: CIMultiDict[str] = CIMultiDict()
-    for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name in HOP_BY_HOP or name in drop or name.startswith(IDENTITY_HEADER_PREFIX):
+    for name, value in pairs:
+        if (
+            name in HOP_BY_HOP
+            or name in drop
+            or name in named
+            or name.startswith(IDENTITY_HEADER_PREFIX)
+        ):
             continue
-        headers.add(name, raw_value.decode("latin-1"))
+        headers.add(name, value)
     headers.update(identity)
     return headers
 
