@@ -153,6 +153,7 @@ class Gateway:
         self._tasks = []
         await self.upstream.close()
         await self.db.close()
+        logger.info("gateway stopped")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from loguru import logger
 
@@ -61,8 +62,25 @@ def redact_json(value: Any) -> Any:
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
+            # JSON carried inside a string (an echoed or wrapped payload) hides fields too.
+            try:
+                inner = json.loads(stripped)
+            except ValueError:
+                return redact_text(value)
+            return json.dumps(redact_json(inner), ensure_ascii=False)
         return redact_text(value)
     return value
+
+
+def redact_form(text: str) -> str:
+    """An `application/x-www-form-urlencoded` body with secret-looking fields replaced."""
+    pairs = parse_qsl(text, keep_blank_values=True)
+    return urlencode(
+        [(key, REDACTED if _SECRET_FIELD.search(key) else value) for key, value in pairs],
+        safe="[]",
+    )
 
 
 def _looks_like_text(content_type: str) -> bool:
@@ -86,10 +104,13 @@ def describe_body(body: bytes, content_type: str, *, cap: int) -> str:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return f"<binary body: {len(body)} bytes, {content_type or 'no content type'}>"
-    if "json" in content_type.lower():
+    kind = content_type.lower()
+    if "json" in kind:
         # Not valid JSON after all: shown as text, still redacted below.
         with contextlib.suppress(ValueError):
             text = json.dumps(redact_json(json.loads(text)), ensure_ascii=False)
+    elif "x-www-form-urlencoded" in kind:
+        text = redact_form(text)
     # Redact before capping, so that a cut cannot leave a token fragment the pattern misses.
     text = redact_text(text)
     encoded = text.encode("utf-8")

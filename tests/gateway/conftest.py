@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from shared.settings import PlatformSettings
 from tests.conftest import MakeUser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"gateway listening on (?P<url>http://[0-9.]+:[0-9]+)")
 SCAN_TEST = "test_no_captured_log_line_holds_an_issued_token"
 
 
@@ -262,10 +264,10 @@ async def wait_until_listening(gateway: GatewayProcess) -> str:
     """The URL a gateway process announced once it was ready (within 30 s)."""
     deadline = asyncio.get_running_loop().time() + 30
     while asyncio.get_running_loop().time() < deadline:
-        for line in gateway.log_file.read_text().splitlines():
-            if "gateway listening on " in line:
-                gateway.url = line.rsplit("gateway listening on ", 1)[1].strip().strip('"')
-                return gateway.url
+        found = LISTENING.search(gateway.log_file.read_text())
+        if found:
+            gateway.url = found["url"]
+            return gateway.url
         if gateway.process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{gateway.log_file.read_text()}")
         await asyncio.sleep(0.05)
