@@ -87,6 +87,18 @@ def authorize(credential: Credential | None, method: str, now: datetime | None =
         )
 
 
+class RateLimitExceeded(RateLimited):
+    """A refusal that carries what the response headers and the log line need."""
+
+    def __init__(self, credential: Credential, decision: Decision) -> None:
+        super().__init__(
+            f"rate limit of {decision.limit} requests per {decision.window_seconds} s reached for"
+            f" this {credential.project_environment.value} project: retry after"
+            f" {decision.reset_after} s"
+        )
+        self.decision = decision
+
+
 class Gateway:
     """The ASGI application and the resources it owns between start-up and shutdown."""
 
@@ -180,6 +192,31 @@ class Gateway:
         else:  # websockets are not proxied
             await send({"type": "websocket.close", "code": 1008})
 
+    async def lookup(self, token: str) -> Credential | None:
+        """The credential of `token`, or None if unknown. Malformed and mistyped tokens are
+        refused here, before any query; on a cache hit no query is made at all."""
+        return await self.cache.get(parse_token(token).hash)
+
+    async def take(self, credential: Credential) -> Decision:
+        """One request from the project's budget: its base limit (or the platform default)
+        times its environment's multiplier. Raises :class:`RateLimitExceeded` past it."""
+        environment = get_environment_config(credential.project_environment)
+        limit = (
+            credential.rate_limit or self.platform.default_rate_limit
+        ) * environment.rate_limit_multiplier
+        decision = await self.limiter.hit(credential.project_id, limit)
+        if not decision.allowed:
+            raise RateLimitExceeded(credential, decision)
+        return decision
+
+    async def decide(self, token: str, method: str) -> tuple[Credential, Decision]:
+        """Everything the gateway decides before forwarding, in order (what the benchmark of
+        in-process decisions measures); raises the refusal that applies."""
+        credential = await self.lookup(token)
+        authorize(credential, method)
+        assert credential is not None
+        return credential, await self.take(credential)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
@@ -194,21 +231,10 @@ class Gateway:
                     " header"
                 )
             credential_header, token = found
-            parsed = parse_token(token)  # malformed or mistyped keys stop here, before any query
-            credential = await self.cache.get(parsed.hash)
+            credential = await self.lookup(token)
             authorize(credential, method)
             assert credential is not None
-            environment = get_environment_config(credential.project_environment)
-            limit = (
-                credential.rate_limit or self.platform.default_rate_limit
-            ) * environment.rate_limit_multiplier
-            decision = await self.limiter.hit(credential.project_id, limit)
-            if not decision.allowed:
-                raise RateLimited(
-                    f"rate limit of {limit} requests per {decision.window_seconds} s reached for"
-                    f" this {credential.project_environment.value} project: retry after"
-                    f" {decision.reset_after} s"
-                )
+            decision = await self.take(credential)
             body = await _read_body(receive)
             self.meter.record(credential.project_id, credential.key_id)
             upstream_headers = forward_headers(
@@ -228,6 +254,10 @@ class Gateway:
                 upstream_headers,
                 body,
             )
+        except RateLimitExceeded as refusal:
+            await _send_error(send, 429, refusal, refusal.decision)
+            self._log(scope, 429, started, credential, refusal.code)
+            return
         except ParityError as error:
             status = status_for(error)
             await _send_error(send, status, error, decision)

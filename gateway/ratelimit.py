@@ -14,7 +14,6 @@ from uuid import UUID
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
 
@@ -62,13 +61,20 @@ class Decision:
 
 
 class ProjectRateLimiter:
-    """A fixed window of `window_seconds` per project."""
+    """A fixed window of `window_seconds` per project.
+
+    The decision is `FixedWindowRateLimiter.hit`'s own (one `incr` of the limit's key, allowed
+    while the count stays within the limit), made on the storage directly so that the count it
+    returns also gives the remaining budget: one storage call per request instead of three (with
+    Redis, one round trip instead of three). The window's reset time is fixed once the window
+    starts, so it is asked of the storage once per window and remembered.
+    """
 
     def __init__(self, storage: Storage, *, window_seconds: int) -> None:
         self.storage = storage
-        self._limiter = FixedWindowRateLimiter(storage)
         self._window = window_seconds
         self._items: dict[int, RateLimitItem] = {}
+        self._resets: dict[str, float] = {}
 
     def _item(self, limit: int) -> RateLimitItem:
         item = self._items.get(limit)
@@ -79,13 +85,20 @@ class ProjectRateLimiter:
     async def hit(self, project_id: UUID, limit: int) -> Decision:
         """Count one request of `project_id` against `limit` and decide."""
         item = self._item(limit)
-        identifier = str(project_id)
-        allowed = await self._limiter.hit(item, identifier)
-        stats = await self._limiter.get_window_stats(item, identifier)
+        key = item.key_for(str(project_id))
+        count = await self.storage.incr(key, item.get_expiry())
+        reset_at = self._resets.get(key)
+        now = time.time()
+        if reset_at is None or reset_at <= now or count == 1:
+            # A new window (or one we have not seen): ask when it ends, once.
+            reset_at = await self.storage.get_expiry(key)
+            if len(self._resets) > 100_000:
+                self._resets.clear()  # bounded memory; entries are refetched on demand
+            self._resets[key] = reset_at
         return Decision(
-            allowed=allowed,
+            allowed=count <= item.amount,
             limit=limit,
-            remaining=stats.remaining,
-            reset_at=stats.reset_time,
+            remaining=max(0, item.amount - count),
+            reset_at=reset_at,
             window_seconds=self._window,
         )
