@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -66,3 +68,16 @@ async def test_project_override_is_multiplied_and_budgets_are_per_project(
             statuses.append(response.status)
     assert statuses == [200, 200, 429]
     assert await requests_before_first_429(http, gateway.url, other.token, 10) == BASE
+
+
+async def test_a_new_window_brings_a_new_budget(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, issue_key: IssueKey
+) -> None:
+    gateway = await start_gateway(
+        platform={"default_rate_limit": 2, "rate_limit_window_seconds": 1}
+    )
+    seeded = await issue_key("prod")
+    first = await requests_before_first_429(http, gateway.url, seeded.token, 5)
+    await asyncio.sleep(1.1)  # the window ends (not an assertion on time: it waits it out)
+    second = await requests_before_first_429(http, gateway.url, seeded.token, 5)
+    assert (first, second) == (2, 2)
