@@ -343,7 +343,13 @@ async def _read_body(receive: Receive) -> bytes:
 async def _send_response(
     send: Send, response: UpstreamResponse, decision: Decision | None, *, head: bool
 ) -> None:
-    headers = [*response.headers, (b"content-length", b"%d" % len(response.body))]
+    headers = list(response.headers)
+    if head:
+        # A HEAD answer has no body but tells the length a GET would have: keep the upstream's.
+        if response.content_length is not None:
+            headers.append((b"content-length", response.content_length))
+    else:
+        headers.append((b"content-length", b"%d" % len(response.body)))
     if decision is not None:
         headers.extend(decision.headers())
     await send({"type": "http.response.start", "status": response.status, "headers": headers})

@@ -39,6 +39,8 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     content_type: str
+    content_length: bytes | None = None
+    """The upstream's Content-Length header, which only a HEAD answer needs passed on."""
 
 
 def forward_headers(
@@ -136,7 +138,14 @@ class Upstream:
             ) as response:
                 payload = await response.read()
                 response_headers, content_type = _response_headers(response.raw_headers)
-                return UpstreamResponse(response.status, response_headers, payload, content_type)
+                length = response.headers.get("content-length")
+                return UpstreamResponse(
+                    response.status,
+                    response_headers,
+                    payload,
+                    content_type,
+                    length.encode("latin-1") if length is not None else None,
+                )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise UpstreamUnavailable(
                 "the upstream service cannot be reached: retry shortly"

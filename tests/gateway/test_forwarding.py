@@ -72,3 +72,16 @@ async def test_upstream_status_and_binary_body_pass_through(
         assert response.status == 200
         assert response.headers["Content-Type"] == "application/octet-stream"
         assert await response.read() == bytes(range(256)) * 4
+
+
+async def test_head_keeps_the_length_a_get_would_have(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, issue_key: IssueKey
+) -> None:
+    gateway = await start_gateway()
+    seeded = await issue_key("prod", "pk")
+    async with http.get(f"{gateway.url}/binary", headers=bearer(seeded.token)) as response:
+        assert response.headers["Content-Length"] == "1024"
+    async with http.head(f"{gateway.url}/binary", headers=bearer(seeded.token)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == "1024"
+        assert await response.read() == b""
