@@ -17,6 +17,20 @@ from shared.errors import ParityError
 from shared.settings import PlatformSettings
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
 def register(commands: Any) -> None:
     """Add the `keys` command and its subcommands to `parity`'s subparsers."""
     keys = commands.add_parser("keys", help="create, list, revoke and rotate API keys")
@@ -27,7 +41,7 @@ def register(commands: Any) -> None:
     create.add_argument("--kind", choices=["pk", "sk"], default="sk")
     create.add_argument("--name", default="")
     create.add_argument(
-        "--expires-in-days", type=float, default=None, help="expire after this many days"
+        "--expires-in-days", type=_positive, default=None, help="expire after this many days"
     )
 
     listing = actions.add_parser("list", help="a project's keys (display form only)")
@@ -42,7 +56,7 @@ def register(commands: Any) -> None:
     rotate.add_argument("key_id", type=UUID)
     rotate.add_argument(
         "--grace-seconds",
-        type=float,
+        type=_not_negative,
         default=0.0,
         help="how long the old key keeps working (0: revoked at once)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 from uuid import UUID
 
@@ -87,6 +87,8 @@ async def create_key(
         key_kind = KeyKind(kind)
     except ValueError:
         raise InvalidInput(f"invalid key kind {kind!r}: expected 'pk' or 'sk'") from None
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise InvalidInput("expiry must be in the future: a key that never works is a mistake")
     project = await get_project(conn, project_id)
     issued = generate_token(project.environment, key_kind)
     cur = await conn.execute(
@@ -118,8 +120,12 @@ async def list_keys(conn: Connection, project_id: UUID) -> list[ApiKey]:
     return [ApiKey.from_row(row) for row in await cur.fetchall()]
 
 
-async def get_key(conn: Connection, key_id: UUID) -> ApiKey:
-    cur = await conn.execute(f"select {_COLUMNS} from public.api_keys where id = %s", (key_id,))
+async def get_key(conn: Connection, key_id: UUID, *, for_update: bool = False) -> ApiKey:
+    """The key; with `for_update`, its row stays locked until the transaction ends."""
+    lock = " for update" if for_update else ""
+    cur = await conn.execute(
+        f"select {_COLUMNS} from public.api_keys where id = %s{lock}", (key_id,)
+    )
     row = await cur.fetchone()
     if row is None:
         raise NotFound(f"API key {key_id} not found")
@@ -144,7 +150,8 @@ async def rotate_key(conn: Connection, key_id: UUID, *, grace: timedelta) -> Iss
     it at once), then expires."""
     if grace < timedelta(0):
         raise InvalidInput("grace period must not be negative")
-    old = await get_key(conn, key_id)
+    # Locked, so that two concurrent rotations cannot both pass the check below.
+    old = await get_key(conn, key_id, for_update=True)
     if old.status != "active":
         raise InvalidInput(f"API key {key_id} is revoked: issue a new key instead")
     new = await create_key(conn, old.project_id, old.kind, name=old.name, expires_at=old.expires_at)

@@ -79,14 +79,16 @@ async def test_unknown_revoked_and_expired_keys_are_401(
     gateway = await start_gateway()
     unknown = generate_token(Environment.PROD, KeyKind.SECRET).token
     revoked = await issue_key("prod")
-    expired = await issue_key(
-        "dev", expires_at=datetime.now(UTC) - timedelta(seconds=1), name="old"
-    )
+    expired = await issue_key("dev", expires_at=datetime.now(UTC) + timedelta(days=1))
     await edit_as_superuser(
         database_url,
         (
             "update public.api_keys set status = 'revoked', revoked_at = now() where id = %s",
             (revoked.key_id,),
+        ),
+        (
+            "update public.api_keys set expires_at = now() - interval '1 second' where id = %s",
+            (expired.key_id,),
         ),
     )
     for token, expected in [

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import aiohttp
@@ -14,8 +15,9 @@ from aiohttp import web
 
 from ops.demo import seed_demo
 from ops.demo_upstream import make_app
-from shared import projects
+from shared import apikeys, projects
 from shared.db import Database
+from shared.errors import InvalidInput
 from shared.keys import TOKEN_PATTERN
 from tests.conftest import MakeUser
 from tests.gateway.conftest import (
@@ -82,6 +84,31 @@ async def test_keys_command_creates_lists_rotates_and_revokes(
     bad = parity(database_url, "create", "--project", str(UUID(int=7)))
     assert bad.returncode == 1 and "not found" in bad.stderr
     assert tokens_in(bad.stdout + bad.stderr) == []
+    negative = parity(
+        database_url, "create", "--project", str(project.id), "--expires-in-days", "-1"
+    )
+    assert negative.returncode == 2 and "must be more than 0" in negative.stderr
+
+
+async def test_bad_key_input_is_refused_and_changes_nothing(
+    db: Database, make_user: MakeUser
+) -> None:
+    owner = await make_user("input@example.com")
+    async with db.as_service() as conn:
+        project = await projects.create_project(conn, name="p", owner_id=owner.id)
+    for kind, expires_at, message in [
+        ("xk", None, "invalid key kind 'xk'"),
+        ("sk", datetime.now(UTC) - timedelta(minutes=1), "expiry must be in the future"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            async with db.as_service() as conn:
+                await apikeys.create_key(conn, project.id, kind, expires_at=expires_at)
+    async with db.as_service() as conn:
+        issued = await apikeys.create_key(conn, project.id, "sk")
+        register_token(issued.token)
+        with pytest.raises(InvalidInput, match="grace period must not be negative"):
+            await apikeys.rotate_key(conn, issued.key.id, grace=timedelta(seconds=-1))
+        assert [key.id for key in await apikeys.list_keys(conn, project.id)] == [issued.key.id]
 
 
 @pytest.fixture
