@@ -45,18 +45,18 @@ READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON: Final = (b"content-type", b"application/json")
 
 
-def _credential_header(headers: list[tuple[bytes, bytes]]) -> tuple[str, str] | None:
+def _credential_header(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str] | None:
     """(header name, token) of the key: the `apikey` header if present (Supabase's convention,
     which leaves `Authorization` to a user's JWT), else `Authorization: Bearer`."""
     bearer: str | None = None
     for name, value in headers:
         if name == b"apikey":
-            return "apikey", value.decode("latin-1").strip()
+            return b"apikey", value.decode("latin-1").strip()
         if name == b"authorization" and bearer is None:
             scheme, _, token = value.decode("latin-1").strip().partition(" ")
             if scheme.lower() == "bearer":
                 bearer = token.strip()
-    return ("authorization", bearer) if bearer is not None else None
+    return (b"authorization", bearer) if bearer is not None else None
 
 
 def authorize(credential: Credential | None, method: str, now: datetime | None = None) -> None:
@@ -246,7 +246,7 @@ class Gateway:
             self.meter.record(credential.project_id, credential.key_id)
             upstream_headers = forward_headers(
                 headers,
-                drop=frozenset({credential_header}),
+                drop=credential_header,
                 identity={
                     PROJECT_ID_HEADER: str(credential.project_id),
                     ENVIRONMENT_HEADER: credential.project_environment.value,

@@ -43,29 +43,26 @@ class UpstreamResponse:
     """The upstream's Content-Length header, which only a HEAD answer needs passed on."""
 
 
+_HOP_BY_HOP_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_IDENTITY_PREFIX_RAW: Final = IDENTITY_HEADER_PREFIX.encode()
+
+
 def forward_headers(
-    raw: Iterable[tuple[bytes, bytes]], *, drop: frozenset[str], identity: dict[str, str]
+    raw: list[tuple[bytes, bytes]], *, drop: bytes, identity: dict[str, str]
 ) -> CIMultiDict[str]:
-    """Request headers for the upstream: without hop-by-hop headers, the names in `drop` (the
-    credential the gateway consumed) and any client-supplied identity header; with ours."""
-    pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
-    # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
-    named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name == "connection"
-        for token in value.split(",")
-    }
+    """Request headers for the upstream: without hop-by-hop headers, the header named `drop`
+    (the credential the gateway consumed) and any client-supplied identity header; with ours.
+    `raw` is the ASGI scope's list, whose names are lower case."""
+    skip = _HOP_BY_HOP_RAW | {drop}
+    for name, value in raw:
+        if name == b"connection":
+            # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+            skip = skip | {token.strip().lower() for token in value.split(b",")}
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
-        if (
-            name in HOP_BY_HOP
-            or name in drop
-            or name in named
-            or name.startswith(IDENTITY_HEADER_PREFIX)
-        ):
+    for name, value in raw:
+        if name in skip or name.startswith(_IDENTITY_PREFIX_RAW):
             continue
-        headers.add(name, value)
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
     headers.update(identity)
     return headers
 
