@@ -62,6 +62,9 @@ class Load:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+    cpu_us_per_request: float
+    """CPU (user + system) the server process spent per request: steadier than throughput on a
+    shared machine, since other work changes how much CPU a process gets, not what it needs."""
 
 
 # Infrastructure --------------------------------------------------------------------------------
@@ -141,19 +144,28 @@ def _milliseconds(value: str) -> float:
     return float(found[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[found[2]]
 
 
-def wrk(url: str, *, token: str | None, seconds: int, connections: int = 50) -> Load:
-    """`wrk -t1 -c50 --latency` against `url` (the reference figures' settings)."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, *, token: str | None, seconds: int, pid: int, connections: int = 50) -> Load:
+    """`wrk -t1 -c50 --latency` against `url` (the reference figures' settings), with the CPU
+    the server process `pid` used."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if token:
         args[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    cpu_before = cpu_seconds(pid)
     output = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu_used = cpu_seconds(pid) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE).group(1)  # type: ignore[union-attr]
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         raise RuntimeError(f"{url}: {non_2xx.group(1)} failed responses:\n{output}")
-    return Load(rps, _milliseconds(p50), _milliseconds(p99))
+    return Load(rps, _milliseconds(p50), _milliseconds(p99), cpu_used / (rps * seconds) * 1e6)
 
 
 # 1. Decisions in process -------------------------------------------------------------------------
@@ -274,30 +286,36 @@ def run(quick: bool) -> dict[str, Any]:
         with _all(specs) as running:
             for name in running:
                 wait_for_http(urls[name], RESULTS / f"{name}.log")
-            token_for = {
-                name: prod.token if name in ("memory", "redis") else None for name in specs
-            }
-            for name in running:  # warm up every server and the gateways' caches
-                wrk(urls[name], token=token_for[name], seconds=1)
+            token_for = {name: prod.token if name in GATEWAYS else None for name in specs}
+            for name, child in running.items():  # warm up every server and the gateways' caches
+                wrk(urls[name], token=token_for[name], seconds=1, pid=child.pid)
             loads: dict[str, list[Load]] = {name: [] for name in running}
             for _ in range(rounds):
-                for name in running:
-                    loads[name].append(wrk(urls[name], token=token_for[name], seconds=seconds))
+                for name, child in running.items():
+                    loads[name].append(
+                        wrk(urls[name], token=token_for[name], seconds=seconds, pid=child.pid)
+                    )
             result["throughput"] = {
                 name: asdict(
                     Load(
                         statistics.median(load.requests_per_second for load in runs),
                         statistics.median(load.p50_ms for load in runs),
                         statistics.median(load.p99_ms for load in runs),
+                        statistics.median(load.cpu_us_per_request for load in runs),
                     )
                 )
                 for name, runs in loads.items()
             }
-            hop = result["throughput"]["hop"]["requests_per_second"]
+            hop = result["throughput"]["hop"]
             for name in GATEWAYS:
                 if name in result["throughput"]:
                     figures = result["throughput"][name]
-                    figures["ratio_to_hop"] = figures["requests_per_second"] / hop
+                    figures["ratio_to_hop"] = (
+                        figures["requests_per_second"] / hop["requests_per_second"]
+                    )
+                    figures["cpu_ratio_to_hop"] = (
+                        hop["cpu_us_per_request"] / figures["cpu_us_per_request"]
+                    )
 
             direct: list[float] = []
             through: list[float] = []
@@ -326,11 +344,14 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 @contextmanager
-def _all(specs: dict[str, tuple[list[str], dict[str, str]]]) -> Iterator[list[str]]:
+def _all(
+    specs: dict[str, tuple[list[str], dict[str, str]]],
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     with ExitStack() as stack:
-        for name, (args, env) in specs.items():
-            stack.enter_context(process(args, env, RESULTS / f"{name}.log"))
-        yield list(specs)
+        yield {
+            name: stack.enter_context(process(args, env, RESULTS / f"{name}.log"))
+            for name, (args, env) in specs.items()
+        }
 
 
 async def _seed(database_url: str) -> list[DemoKey]:
@@ -359,6 +380,11 @@ def table(result: dict[str, Any]) -> str:
                 f" (p99 {row['p99_ms']:.1f} ms) | bare hop {hop['requests_per_second']:,.0f} req/s"
                 f" (p99 {hop['p99_ms']:.1f} ms) | {row['ratio_to_hop']:.2f} |"
                 f" {'>= 0.6' if name == 'memory' else 'reported'} |"
+            )
+            lines.append(
+                f"| CPU per request, {label} | {row['cpu_us_per_request']:.0f} µs"
+                f" | bare hop {hop['cpu_us_per_request']:.0f} µs"
+                f" | {row['cpu_ratio_to_hop']:.2f} | (hop / gateway) |"
             )
     lines.append(
         f"| p99 added at 500 req/s | {lat['added_p99_ms']:+.2f} ms"
