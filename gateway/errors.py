@@ -21,6 +21,13 @@ class PublishableKeyReadOnly(ParityError):
     code = "PUBLISHABLE_KEY_READ_ONLY"
 
 
+class RateLimiterUnavailable(ParityError):
+    """The rate limiter's storage cannot be reached, so no request can be counted: retry
+    shortly."""
+
+    code = "RATE_LIMITER_UNAVAILABLE"
+
+
 class UpstreamUnavailable(ParityError):
     """The upstream service could not be reached or answered badly: retry shortly."""
 
@@ -41,6 +48,7 @@ _STATUS: Final[dict[type[ParityError], int]] = {
     RateLimited: 429,
     UpstreamUnavailable: 502,
     DatabaseUnavailable: 503,
+    RateLimiterUnavailable: 503,
     UpstreamTimeout: 504,
 }
 

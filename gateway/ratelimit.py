@@ -14,7 +14,10 @@ from uuid import UUID
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+
+from gateway.errors import RateLimiterUnavailable
 
 
 class SweepingMemoryStorage(MemoryStorage):
@@ -44,7 +47,7 @@ def build_storage(redis_url: str | None, *, key_prefix: str) -> Storage:
     """Redis storage when `redis_url` is set (replicas share budgets), memory storage otherwise."""
     if not redis_url:
         return SweepingMemoryStorage()
-    storage = storage_from_string(f"async+{redis_url}", key_prefix=key_prefix)
+    storage = storage_from_string(f"async+{redis_url}", key_prefix=key_prefix, wrap_exceptions=True)
     assert isinstance(storage, Storage)
     return storage
 
@@ -106,7 +109,18 @@ class ProjectRateLimiter:
         return item
 
     async def hit(self, project_id: UUID, limit: int) -> Decision:
-        """Count one request of `project_id` against `limit` and decide."""
+        """Count one request of `project_id` against `limit` and decide. Raises
+        :class:`RateLimiterUnavailable` when the storage cannot be reached: requests are refused
+        rather than let through uncounted."""
+        try:
+            return await self._hit(project_id, limit)
+        except StorageError as exc:
+            raise RateLimiterUnavailable(
+                "the rate limiter's storage cannot be reached, so the request cannot be counted:"
+                " retry shortly"
+            ) from exc
+
+    async def _hit(self, project_id: UUID, limit: int) -> Decision:
         item = self._item(limit)
         key = item.key_for(str(project_id))
         count = await self.storage.incr(key, item.get_expiry())

@@ -192,3 +192,13 @@ async def test_upstream_down_is_502_and_slow_is_504(
         http, "GET", f"{slow.url}/slow?seconds=1.5", headers=bearer(seeded.token)
     )
     assert "did not answer in time" in assert_error(status, body, 504, "UPSTREAM_TIMEOUT")
+
+
+async def test_rate_limiter_storage_down_is_503(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, issue_key: IssueKey
+) -> None:
+    redis_down = closed_port_url().replace("http://", "redis://")
+    gateway = await start_gateway(platform={"REDIS_URL": redis_down})
+    seeded = await issue_key("prod")
+    status, body, _ = await call(http, "GET", gateway.url, headers=bearer(seeded.token))
+    assert "cannot be counted" in assert_error(status, body, 503, "RATE_LIMITER_UNAVAILABLE")
