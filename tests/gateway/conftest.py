@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,6 @@ StartGateway = Callable[..., Awaitable[RunningGateway]]
 async def start_gateway(database_url: str, upstream: Upstream) -> AsyncIterator[StartGateway]:
     """Start gateways in process: `await start_gateway(platform=..., gateway=...)` with setting
     overrides; all are stopped when the test ends."""
-    from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
 

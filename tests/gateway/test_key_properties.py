@@ -10,11 +10,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.app import authorize
+from gateway.app import Gateway, authorize
+from shared import projects
 from shared.apikeys import Credential
+from shared.db import Database
 from shared.environment import Environment
 from shared.errors import EnvironmentMismatch, InvalidApiKey
 from shared.keys import BASE62, KeyKind, generate_token, parse_token
+from tests.conftest import MakeUser
+from tests.gateway.conftest import (
+    edit_as_superuser,
+    gateway_settings,
+    platform_settings,
+    register_token,
+)
 
 EXPECTED_PREFIX = {
     (Environment.PROD, KeyKind.PUBLISHABLE): "nm_live_pk_",
@@ -82,3 +91,46 @@ def test_a_key_never_authenticates_against_a_project_of_another_environment(
     else:
         with pytest.raises(EnvironmentMismatch, match=f"{key_environment.value} key"):
             authorize(decided, method, datetime.now(UTC))
+
+
+@pytest.mark.parametrize("project_environment", list(Environment))
+@pytest.mark.parametrize("key_environment", list(Environment))
+async def test_every_pairing_against_real_rows(
+    key_environment: Environment,
+    project_environment: Environment,
+    db: Database,
+    make_user: MakeUser,
+    database_url: str,
+) -> None:
+    """The whole (finite) domain against the database: a key row of one environment on a project
+    of another (written around the trigger, as only an operator could) never gets through the
+    gateway's decision, and a matching one does."""
+    owner = await make_user("pairs@example.com")
+    async with db.as_service() as conn:
+        project = await projects.create_project(
+            conn, name="p", environment=project_environment, owner_id=owner.id
+        )
+    token = generate_token(key_environment, KeyKind.SECRET)
+    register_token(token.token)
+    await edit_as_superuser(
+        database_url,
+        ("alter table public.api_keys disable trigger api_keys_enforce_environment", ()),
+        (
+            "insert into public.api_keys"
+            " (project_id, kind, environment, prefix, last_four, key_hash)"
+            " values (%s, 'sk', %s, %s, %s, %s)",
+            (project.id, key_environment.value, token.prefix, token.last_four, token.hash),
+        ),
+        ("alter table public.api_keys enable trigger api_keys_enforce_environment", ()),
+    )
+    gateway = Gateway(platform_settings(database_url), gateway_settings())
+    await gateway.db.open()
+    try:
+        if key_environment is project_environment:
+            credential, _ = await gateway.decide(token.token, "POST")
+            assert credential.project_id == project.id
+        else:
+            with pytest.raises(EnvironmentMismatch):
+                await gateway.decide(token.token, "POST")
+    finally:
+        await gateway.db.close()
