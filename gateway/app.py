@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from loguru import logger
 
-from gateway.errors import PublishableKeyReadOnly, status_for
+from gateway.errors import PublishableKeyReadOnly, RequestTooLarge, status_for
 from gateway.keycache import KeyCache
 from gateway.listener import listen_for_invalidations
 from gateway.metering import UsageMeter
@@ -242,7 +242,11 @@ class Gateway:
             authorize(credential, method)
             assert credential is not None
             decision = await self.take(credential)
-            body = await _read_body(receive) if _has_body(headers) else b""
+            body = (
+                await _read_body(receive, self.settings.max_request_body_bytes)
+                if _has_body(headers)
+                else b""
+            )
             self.meter.record(credential.project_id, credential.key_id)
             upstream_headers = forward_headers(
                 headers,
@@ -328,13 +332,22 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or :class:`RequestTooLarge` as soon as it passes `limit` bytes
+    (so an oversized upload is never held in memory whole)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(
+                f"request body larger than {limit} bytes: send less per request, or split it"
+            )
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

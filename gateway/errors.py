@@ -21,6 +21,12 @@ class PublishableKeyReadOnly(ParityError):
     code = "PUBLISHABLE_KEY_READ_ONLY"
 
 
+class RequestTooLarge(ParityError):
+    """The request body is larger than the gateway forwards."""
+
+    code = "REQUEST_TOO_LARGE"
+
+
 class RateLimiterUnavailable(ParityError):
     """The rate limiter's storage cannot be reached, so no request can be counted: retry
     shortly."""
@@ -45,6 +51,7 @@ _STATUS: Final[dict[type[ParityError], int]] = {
     EnvironmentMismatch: 403,
     ProjectSuspended: 403,
     PublishableKeyReadOnly: 403,
+    RequestTooLarge: 413,
     RateLimited: 429,
     UpstreamUnavailable: 502,
     DatabaseUnavailable: 503,

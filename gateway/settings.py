@@ -39,6 +39,11 @@ class GatewaySettings(BaseSettings):
     listener_retry_seconds: float = Field(
         default=1.0, gt=0, description="Wait before reconnecting the notification listener."
     )
+    max_request_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=0,
+        description="Largest request body forwarded; larger ones get 413 REQUEST_TOO_LARGE.",
+    )
     log_body_max_bytes: int = Field(
         default=8192, ge=0, description="Body bytes shown by dev and staging debug records."
     )

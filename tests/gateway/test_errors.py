@@ -202,3 +202,22 @@ async def test_rate_limiter_storage_down_is_503(
     seeded = await issue_key("prod")
     status, body, _ = await call(http, "GET", gateway.url, headers=bearer(seeded.token))
     assert "cannot be counted" in assert_error(status, body, 503, "RATE_LIMITER_UNAVAILABLE")
+
+
+async def test_oversized_body_is_413_and_not_forwarded(
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+    issue_key: IssueKey,
+    upstream: Upstream,
+) -> None:
+    gateway = await start_gateway(gateway={"max_request_body_bytes": 100})
+    seeded = await issue_key("dev")
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/up", headers=bearer(seeded.token), data=b"x" * 101
+    )
+    assert "larger than 100 bytes" in assert_error(status, body, 413, "REQUEST_TOO_LARGE")
+    status, _, _ = await call(
+        http, "POST", f"{gateway.url}/up", headers=bearer(seeded.token), data=b"x" * 100
+    )
+    assert status == 200
+    assert [len(r["body"]) for r in upstream.requests] == [100]
