@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ops import database, up
+from ops import database, keys_cmd, up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
+    keys_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
         return up.main()
+    if args.command == "keys":
+        return keys_cmd.run(args)
     if args.command == "migrate":
         if args.bootstrap:
             database.bootstrap(args.url)
