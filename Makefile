@@ -32,6 +32,7 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m ops.lint
 
 ## bench: benchmarks, ratios measured side by side in one run
 bench: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ops import database, up, worker_cmd
+from ops import database, keys_cmd, up, worker_cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
-    worker_cmd.add_commands(commands)
+    keys_cmd.register(commands)
+    worker_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
         return up.main()
+    if args.command == "keys":
+        return keys_cmd.run(args)
     if args.command == "migrate":
         if args.bootstrap:
             database.bootstrap(args.url)

@@ -3,8 +3,10 @@ and migrations applied by the real Supabase CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -56,7 +58,7 @@ def bootstrap(url: str) -> None:
         conn.execute(BOOTSTRAP_SQL.read_text().encode())
 
 
-def _run_cli(args: list[str], workdir: Path) -> str:
+def run_cli(args: list[str], workdir: Path = REPO_ROOT) -> str:
     result = subprocess.run(
         [str(supabase_cli()), *args, "--workdir", str(workdir)],
         capture_output=True,
@@ -73,12 +75,12 @@ def _run_cli(args: list[str], workdir: Path) -> str:
 
 def push_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
     """`supabase db push`: apply the migrations in `workdir/supabase/migrations` not yet applied."""
-    return _run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
+    return run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
 
 
 def list_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
     """`supabase migration list`: local migrations beside those the database has applied."""
-    return _run_cli(["migration", "list", "--db-url", cli_url(url)], workdir)
+    return run_cli(["migration", "list", "--db-url", cli_url(url)], workdir)
 
 
 def applied_migrations(url: str) -> list[str]:
@@ -94,14 +96,29 @@ def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
     """Start (or reuse) the embedded Postgres under `data_dir`; return its URL.
 
     pgserver listens on a Unix socket only; the URL names it in the `host` query parameter.
-    The server keeps running after this process exits, so the next run starts at once.
+    The server keeps running until :func:`stop_embedded`.
     """
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
+        warnings.simplefilter("ignore")
+        import pgserver
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     socket_dir = urlsplit(server.get_uri()).query.removeprefix("host=")
     return f"postgresql://postgres@localhost:5432/postgres?host={socket_dir}"
+
+
+def stop_embedded(data_dir: Path = DATA_DIR / "postgres") -> None:
+    """Stop the embedded Postgres under `data_dir` (fast shutdown), if it runs."""
+    import pgserver
+
+    # Postgres refuses to run as root; pgserver then runs it as its own system user.
+    user = "pgserver" if os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError):
+        pgserver.pg_ctl(  # type: ignore[attr-defined]
+            ["-m", "fast", "-w", "stop"], pgdata=data_dir, user=user
+        )
 
 
 def prepare(url: str) -> str:

@@ -79,16 +79,20 @@ def main() -> int:
     url, embedded = resolve_database(settings)
     where = "embedded Postgres (pgserver)" if embedded else "DATABASE_URL"
     print(f"Database ({where}): {url}", flush=True)
-    if embedded:
-        database.bootstrap(url)
-    print(database.push_migrations(url), flush=True)
-    print("Applied migrations:", ", ".join(database.applied_migrations(url)), flush=True)
+    try:
+        if embedded:
+            database.bootstrap(url)
+        print(database.push_migrations(url), flush=True)
+        print("Applied migrations:", ", ".join(database.applied_migrations(url)), flush=True)
 
-    specs = processes()
-    if not specs:
-        print("Database ready. Press Ctrl-C to stop.", flush=True)
-    env = {**os.environ, "DATABASE_URL": url}
-    return run(specs, env) if specs else _wait_for_ctrl_c()
+        specs = processes()
+        if not specs:
+            print("Database ready. Press Ctrl-C to stop.", flush=True)
+        env = {**os.environ, "DATABASE_URL": url}
+        return run(specs, env) if specs else _wait_for_ctrl_c()
+    finally:
+        if embedded:
+            database.stop_embedded()
 
 
 def _wait_for_ctrl_c() -> int:

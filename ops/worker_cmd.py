@@ -12,7 +12,7 @@ from shared.errors import ParityError
 from shared.settings import PlatformSettings
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `suspensions lift` and `deliveries redeliver` on the `parity` parser."""
     susp = commands.add_parser("suspensions", help="project suspensions")
     susp_cmds = susp.add_subparsers(dest="action", required=True)

@@ -3,18 +3,25 @@ hash is stored."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
 from uuid import UUID
+
+from psycopg import AsyncConnection, sql
 
 from shared.db import Connection
 from shared.environment import Environment
 from shared.errors import InvalidInput, NotFound
 from shared.keys import KeyKind, display_form, generate_token
-from shared.projects import get_project
+from shared.projects import ProjectStatus, get_project
 
 KeyStatus = Literal["active", "revoked"]
+
+INVALIDATION_CHANNEL: Final = "gateway_invalidate"
+"""Postgres notification channel: payloads `key:<id>` and `project:<id>` name what changed
+(triggers in the gateway_invalidate migration)."""
 
 # key_hash is never selected: the authenticated role cannot read it, and nothing else needs it back.
 _COLUMNS = (
@@ -80,6 +87,8 @@ async def create_key(
         key_kind = KeyKind(kind)
     except ValueError:
         raise InvalidInput(f"invalid key kind {kind!r}: expected 'pk' or 'sk'") from None
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise InvalidInput("expiry must be in the future: a key that never works is a mistake")
     project = await get_project(conn, project_id)
     issued = generate_token(project.environment, key_kind)
     cur = await conn.execute(
@@ -111,8 +120,12 @@ async def list_keys(conn: Connection, project_id: UUID) -> list[ApiKey]:
     return [ApiKey.from_row(row) for row in await cur.fetchall()]
 
 
-async def get_key(conn: Connection, key_id: UUID) -> ApiKey:
-    cur = await conn.execute(f"select {_COLUMNS} from public.api_keys where id = %s", (key_id,))
+async def get_key(conn: Connection, key_id: UUID, *, for_update: bool = False) -> ApiKey:
+    """The key; with `for_update`, its row stays locked until the transaction ends."""
+    lock = " for update" if for_update else ""
+    cur = await conn.execute(
+        f"select {_COLUMNS} from public.api_keys where id = %s{lock}", (key_id,)
+    )
     row = await cur.fetchone()
     if row is None:
         raise NotFound(f"API key {key_id} not found")
@@ -137,7 +150,8 @@ async def rotate_key(conn: Connection, key_id: UUID, *, grace: timedelta) -> Iss
     it at once), then expires."""
     if grace < timedelta(0):
         raise InvalidInput("grace period must not be negative")
-    old = await get_key(conn, key_id)
+    # Locked, so that two concurrent rotations cannot both pass the check below.
+    old = await get_key(conn, key_id, for_update=True)
     if old.status != "active":
         raise InvalidInput(f"API key {key_id} is revoked: issue a new key instead")
     new = await create_key(conn, old.project_id, old.kind, name=old.name, expires_at=old.expires_at)
@@ -151,3 +165,72 @@ async def rotate_key(conn: Connection, key_id: UUID, *, grace: timedelta) -> Iss
             (grace, key_id),
         )
     return new
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the gateway needs to decide on a request: the key's row joined with its project's.
+
+    Both environments are kept so that the gateway can check that they still match at request
+    time, whatever happened to the rows since the trigger checked them."""
+
+    key_id: UUID
+    project_id: UUID
+    kind: KeyKind
+    key_environment: Environment
+    key_status: KeyStatus
+    expires_at: datetime | None
+    prefix: str
+    last_four: str
+    project_environment: Environment
+    project_status: ProjectStatus
+    rate_limit: int | None
+    request_cap: int | None
+
+    @property
+    def display(self) -> str:
+        return display_form(self.prefix, self.last_four)
+
+
+async def listen_for_changes(conn: AsyncConnection[Any]) -> None:
+    """Subscribe `conn` (autocommit, not pooled) to key and project change notifications."""
+    await conn.execute(sql.SQL("listen {}").format(sql.Identifier(INVALIDATION_CHANNEL)))
+
+
+async def find_credential(conn: Connection, key_hash: bytes) -> Credential | None:
+    """The key whose token hashes to `key_hash`, with its project; None when there is none.
+    Revoked and expired keys are returned too: the caller decides and says why."""
+    cur = await conn.execute(
+        "select k.id as key_id, k.project_id, k.kind, k.environment as key_environment,"
+        " k.status as key_status, k.expires_at, k.prefix, k.last_four,"
+        " p.environment as project_environment, p.status as project_status,"
+        " p.rate_limit, p.request_cap"
+        " from public.api_keys as k join public.projects as p on p.id = k.project_id"
+        " where k.key_hash = %s",
+        (key_hash,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return Credential(
+        **{
+            **row,
+            "kind": KeyKind(row["kind"]),
+            "key_environment": Environment(row["key_environment"]),
+            "project_environment": Environment(row["project_environment"]),
+        }
+    )
+
+
+async def touch_last_used(conn: Connection, last_used: Mapping[UUID, datetime]) -> None:
+    """Record when keys were last used, many keys in one statement (the gateway batches these
+    rather than writing per request). A time never moves backwards."""
+    if not last_used:
+        return
+    await conn.execute(
+        "update public.api_keys as k"
+        " set last_used_at = greatest(k.last_used_at, u.used_at)"
+        " from unnest(%s::uuid[], %s::timestamptz[]) as u(id, used_at)"
+        " where k.id = u.id",
+        (list(last_used), list(last_used.values())),
+    )

@@ -50,6 +50,10 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return NotFound(message, hint=hint)
         case "42501":
             return PermissionDenied(message, hint=hint)
+    if isinstance(exc, psycopg.DataError):
+        # Also raised by psycopg itself, before the server sees the value (no SQLSTATE), e.g. for
+        # a NUL character in text: the caller's input, not our failure.
+        return InvalidInput(message, hint=hint)
     if isinstance(exc, errors.OperationalError):
         return DatabaseUnavailable(message)
     if exc.sqlstate is not None and exc.sqlstate[:2] in {"22", "23"}:

@@ -20,8 +20,7 @@ DeliveryStatus = Literal["pending", "succeeded", "exhausted", "cancelled"]
 _COLUMNS = (
     "d.id, d.event_id, d.endpoint_id, d.project_id, d.environment, d.status, d.attempts,"
     " d.retry_base, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at,"
-    " d.completed_at,"
-    " e.type as event_type"
+    " d.completed_at, e.type as event_type"
 )
 
 
@@ -110,3 +109,33 @@ async def redeliver(conn: Connection, delivery_id: UUID) -> Delivery:
         current = await get_delivery(conn, delivery_id)  # NotFound when it does not exist
         raise InvalidInput(f"delivery {current.id} is already pending")
     return await get_delivery(conn, delivery_id)
+
+
+async def count_for_event(conn: Connection, event_id: UUID) -> int:
+    """How many deliveries an event fanned out to (one per enabled, subscribed endpoint)."""
+    cur = await conn.execute(
+        "select count(*) as n from public.webhook_deliveries where event_id = %s", (event_id,)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    count: int = row["n"]
+    return count
+
+
+async def attempts_by_delivery(
+    conn: Connection, delivery_ids: list[UUID]
+) -> dict[UUID, list[Attempt]]:
+    """The attempts of several deliveries in one query, each list first attempt first."""
+    found: dict[UUID, list[Attempt]] = {delivery_id: [] for delivery_id in delivery_ids}
+    if not delivery_ids:
+        return found
+    cur = await conn.execute(
+        "select delivery_id, attempt_number, started_at, duration_ms, status_code, response_body,"
+        " error from public.webhook_attempts where delivery_id = any(%s)"
+        " order by delivery_id, attempt_number",
+        (delivery_ids,),
+    )
+    for row in await cur.fetchall():
+        delivery_id = row.pop("delivery_id")
+        found[delivery_id].append(Attempt.from_row(row))
+    return found

@@ -91,3 +91,23 @@ async def change_environment(
     if row is None:
         raise NotFound(f"project {project_id} not found")
     return Project.from_row(row)
+
+
+async def rename_project(conn: Connection, project_id: UUID, name: str) -> Project:
+    cur = await conn.execute(
+        f"update public.projects set name = %s where id = %s returning {_COLUMNS}",
+        (_clean_name(name), project_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"project {project_id} not found")
+    return Project.from_row(row)
+
+
+async def delete_project(conn: Connection, project_id: UUID) -> None:
+    """Delete a project and, by cascade, its keys, endpoints, events and deliveries."""
+    cur = await conn.execute(
+        "delete from public.projects where id = %s returning id", (project_id,)
+    )
+    if await cur.fetchone() is None:
+        raise NotFound(f"project {project_id} not found")

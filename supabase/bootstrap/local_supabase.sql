@@ -49,24 +49,18 @@ create table if not exists auth.users (
 create or replace function auth.uid() returns uuid
 language sql stable
 as $$
-    select nullif(
-        coalesce(
-            current_setting('request.jwt.claim.sub', true),
-            current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
-        ),
-        ''
+    select coalesce(
+        nullif(current_setting('request.jwt.claim.sub', true), ''),
+        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
     )::uuid
 $$;
 
 create or replace function auth.role() returns text
 language sql stable
 as $$
-    select nullif(
-        coalesce(
-            current_setting('request.jwt.claim.role', true),
-            current_setting('request.jwt.claims', true)::jsonb ->> 'role'
-        ),
-        ''
+    select coalesce(
+        nullif(current_setting('request.jwt.claim.role', true), ''),
+        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'
     )::text
 $$;
 

@@ -1,0 +1,412 @@
+"""`python -m bench.gateway [--quick]`: the gateway against its references, side by side in one run.
+
+1. Decisions in process (one core): token verification, cache hit, environment check and the
+   rate-limit decision with memory storage, against the `limits` library's own `hit` alone.
+2. Throughput with `wrk` on loopback: the raw upstream, the bare aiohttp proxy hop (same server
+   stack, no auth, limits or logs), the full gateway with memory storage and with Redis storage.
+   Targets are rounds interleaved so that noise from other work on the machine hits all alike.
+3. Added latency at a fixed 500 requests a second (an open-loop aiohttp client, latency counted
+   from each request's scheduled time): p99 through the gateway minus p99 straight to upstream.
+
+Needs Postgres (`BENCH_ADMIN_URL`, else the local server on 127.0.0.1:5432, else the embedded
+one) for a scratch database that is dropped at the end; Redis on `BENCH_REDIS_URL` (default
+redis://127.0.0.1:6379/0) for the Redis row. Writes JSON to bench/results/ and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import redis
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import FixedWindowRateLimiter
+from psycopg import sql
+
+from gateway.app import Gateway
+from gateway.settings import GatewaySettings
+from ops import database
+from ops.demo import DemoKey, seed_demo
+from shared.db import Database
+from shared.environment import Environment
+from shared.settings import PlatformSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+GATEWAYS = ("memory", "redis")
+HUGE_LIMIT = 1_000_000_000  # the throughput runs measure the gateway, not its 429s
+
+
+@dataclass(frozen=True)
+class Load:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    """CPU (user + system) the server process spent per request: steadier than throughput on a
+    shared machine, since other work changes how much CPU a process gets, not what it needs."""
+
+
+# Infrastructure --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def admin_url() -> str:
+    explicit = os.environ.get("BENCH_ADMIN_URL")
+    if explicit:
+        return explicit
+    try:
+        with psycopg.connect(LOCAL_SERVER, connect_timeout=2):
+            return LOCAL_SERVER
+    except psycopg.OperationalError:
+        return database.start_embedded(database.DATA_DIR / "bench-postgres")
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """A freshly migrated database, dropped afterwards."""
+    admin = admin_url()
+    name = f"parity_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = database.with_database(admin, name)
+    try:
+        database.prepare(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out
+        )
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def wait_for_http(url: str, log: Path, deadline_seconds: float = 30) -> None:
+    """Until `url` answers anything at all."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        with suppress(OSError), socket.create_connection(_host_port(url), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start:\n{log.read_text()[-2000:]}")
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+    return host, int(port)
+
+
+def _milliseconds(value: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if found is None:
+        raise RuntimeError(f"unexpected wrk latency {value!r}")
+    return float(found[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[found[2]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, *, token: str | None, seconds: int, pid: int, connections: int = 50) -> Load:
+    """`wrk -t1 -c50 --latency` against `url` (the reference figures' settings), with the CPU
+    the server process `pid` used."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if token:
+        args[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    cpu_before = cpu_seconds(pid)
+    output = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu_used = cpu_seconds(pid) - cpu_before
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        raise RuntimeError(f"{url}: {non_2xx.group(1)} failed responses:\n{output}")
+    return Load(rps, _milliseconds(p50), _milliseconds(p99), cpu_used / (rps * seconds) * 1e6)
+
+
+# 1. Decisions in process -------------------------------------------------------------------------
+
+
+async def decisions(database_url: str, token: str, iterations: int) -> dict[str, float]:
+    """Decisions a second: the gateway's own steps on a cache hit, and `limits` alone."""
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": None,
+        "default_rate_limit": HUGE_LIMIT,
+    }
+    gateway = Gateway(
+        PlatformSettings(_env_file=None, **values),
+        GatewaySettings(_env_file=None, key_cache_ttl_seconds=3600),
+    )
+    await gateway.db.open()
+    try:
+        await gateway.decide(token, "GET")  # fills the cache: every timed call is a hit
+        start = time.perf_counter()
+        for _ in range(iterations):
+            await gateway.decide(token, "GET")
+        ours = iterations / (time.perf_counter() - start)
+    finally:
+        await gateway.db.close()
+
+    limiter = FixedWindowRateLimiter(MemoryStorage())
+    item = RateLimitItemPerSecond(HUGE_LIMIT, 60)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        await limiter.hit(item, "project")
+    alone = iterations / (time.perf_counter() - start)
+    return {"gateway_decisions_per_s": ours, "limits_alone_per_s": alone, "ratio": ours / alone}
+
+
+# 3. Added latency at a fixed rate ----------------------------------------------------------------
+
+
+async def paced(url: str, token: str | None, *, rate: int, seconds: float) -> list[float]:
+    """Latencies (ms) of requests sent on a fixed schedule, counted from when each was due, so
+    a slow answer delays nothing and hides nothing (no coordinated omission)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+        for _ in range(20):  # warm the connection pool
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+
+        async def one(due: float) -> None:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{url} answered {response.status}")
+            latencies.append((loop.time() - due) * 1000)
+
+        await asyncio.gather(*(one(start + n / rate) for n in range(int(rate * seconds))))
+    return latencies
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+# The run ---------------------------------------------------------------------------------------
+
+
+def run(quick: bool) -> dict[str, Any]:
+    seconds = 3 if quick else 8
+    rounds = 1 if quick else 3
+    paced_seconds = 4.0 if quick else 10.0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_prefix = f"parity-bench-{secrets.token_hex(4)}"
+    try:
+        redis.Redis.from_url(redis_url).ping()
+    except redis.RedisError:
+        redis_url = ""
+
+    with scratch_database() as database_url:
+        keys: list[DemoKey] = asyncio.run(_seed(database_url))
+        prod = next(key for key in keys if key.environment is Environment.PROD)
+        result: dict[str, Any] = {
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores,"
+            f" Python {platform.python_version()}",
+            "mode": "quick" if quick else "full",
+            "decisions": asyncio.run(decisions(database_url, prod.token, 50_000 * rounds)),
+        }
+
+        ports = {name: free_port() for name in ("upstream", "hop", "memory", "redis")}
+        urls = {name: f"http://127.0.0.1:{port}/items" for name, port in ports.items()}
+        upstream_base = f"http://127.0.0.1:{ports['upstream']}"
+        gateway_env = {
+            "DATABASE_URL": database_url,
+            "GATEWAY_UPSTREAM_URL": upstream_base,
+            "PARITY_DEFAULT_RATE_LIMIT": str(HUGE_LIMIT),
+            "GATEWAY_REDIS_KEY_PREFIX": redis_prefix,
+        }
+        servers = ["-m", "bench.servers"]
+        specs = {
+            "upstream": ([*servers, "upstream", "--port", str(ports["upstream"])], {}),
+            "hop": (
+                [*servers, "hop", "--port", str(ports["hop"]), "--upstream", upstream_base],
+                {},
+            ),
+            "memory": (
+                ["-m", "gateway", "--port", str(ports["memory"])],
+                {**gateway_env, "REDIS_URL": ""},
+            ),
+        }
+        if redis_url:
+            specs["redis"] = (
+                ["-m", "gateway", "--port", str(ports["redis"])],
+                {**gateway_env, "REDIS_URL": redis_url},
+            )
+        with _all(specs) as running:
+            for name in running:
+                wait_for_http(urls[name], RESULTS / f"{name}.log")
+            token_for = {name: prod.token if name in GATEWAYS else None for name in specs}
+            for name, child in running.items():  # warm up every server and the gateways' caches
+                wrk(urls[name], token=token_for[name], seconds=1, pid=child.pid)
+            loads: dict[str, list[Load]] = {name: [] for name in running}
+            for _ in range(rounds):
+                for name, child in running.items():
+                    loads[name].append(
+                        wrk(urls[name], token=token_for[name], seconds=seconds, pid=child.pid)
+                    )
+            result["throughput"] = {
+                name: asdict(
+                    Load(
+                        statistics.median(load.requests_per_second for load in runs),
+                        statistics.median(load.p50_ms for load in runs),
+                        statistics.median(load.p99_ms for load in runs),
+                        statistics.median(load.cpu_us_per_request for load in runs),
+                    )
+                )
+                for name, runs in loads.items()
+            }
+            hop = result["throughput"]["hop"]
+            for name in GATEWAYS:
+                if name in result["throughput"]:
+                    figures = result["throughput"][name]
+                    figures["ratio_to_hop"] = (
+                        figures["requests_per_second"] / hop["requests_per_second"]
+                    )
+                    figures["cpu_ratio_to_hop"] = (
+                        hop["cpu_us_per_request"] / figures["cpu_us_per_request"]
+                    )
+
+            direct: list[float] = []
+            through: list[float] = []
+            for _ in range(rounds):
+                direct.append(
+                    p99(asyncio.run(paced(urls["upstream"], None, rate=500, seconds=paced_seconds)))
+                )
+                through.append(
+                    p99(
+                        asyncio.run(
+                            paced(urls["memory"], prod.token, rate=500, seconds=paced_seconds)
+                        )
+                    )
+                )
+            result["latency_at_500_rps"] = {
+                "upstream_p99_ms": statistics.median(direct),
+                "gateway_p99_ms": statistics.median(through),
+                "added_p99_ms": statistics.median(through) - statistics.median(direct),
+            }
+    if redis_url:
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=f"{redis_prefix}*"))
+        if stale:
+            client.delete(*stale)
+    return result
+
+
+@contextmanager
+def _all(
+    specs: dict[str, tuple[list[str], dict[str, str]]],
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    with ExitStack() as stack:
+        yield {
+            name: stack.enter_context(process(args, env, RESULTS / f"{name}.log"))
+            for name, (args, env) in specs.items()
+        }
+
+
+async def _seed(database_url: str) -> list[DemoKey]:
+    async with Database(database_url, min_size=1, max_size=1) as db:
+        return await seed_demo(db)
+
+
+def table(result: dict[str, Any]) -> str:
+    d = result["decisions"]
+    t = result["throughput"]
+    lat = result["latency_at_500_rps"]
+    lines = [
+        f"Machine: {result['machine']} ({result['mode']} run)",
+        "",
+        "| Measure | Figure | Reference | Ratio | Target |",
+        "|---|---|---|---|---|",
+        f"| Decisions in process, cache hit, memory storage | {d['gateway_decisions_per_s']:,.0f}/s"
+        f" | `limits` alone {d['limits_alone_per_s']:,.0f}/s | {d['ratio']:.2f} | >= 100,000/s |",
+    ]
+    hop = t["hop"]
+    for name, label in (("memory", "memory storage"), ("redis", "Redis storage")):
+        if name in t:
+            row = t[name]
+            lines.append(
+                f"| Gateway throughput, {label} | {row['requests_per_second']:,.0f} req/s"
+                f" (p99 {row['p99_ms']:.1f} ms) | bare hop {hop['requests_per_second']:,.0f} req/s"
+                f" (p99 {hop['p99_ms']:.1f} ms) | {row['ratio_to_hop']:.2f} |"
+                f" {'>= 0.6' if name == 'memory' else 'reported'} |"
+            )
+            lines.append(
+                f"| CPU per request, {label} | {row['cpu_us_per_request']:.0f} µs"
+                f" | bare hop {hop['cpu_us_per_request']:.0f} µs"
+                f" | {row['cpu_ratio_to_hop']:.2f} | (hop / gateway) |"
+            )
+    lines.append(
+        f"| p99 added at 500 req/s | {lat['added_p99_ms']:+.2f} ms"
+        f" (gateway p99 {lat['gateway_p99_ms']:.2f} ms) | upstream p99 {lat['upstream_p99_ms']:.2f}"
+        " ms | | <= 5 ms |"
+    )
+    lines.append(
+        f"| Raw upstream (for scale) | {t['upstream']['requests_per_second']:,.0f} req/s | | | |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs, one round")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"gateway-{stamp}.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

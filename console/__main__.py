@@ -1,0 +1,34 @@
+"""`python -m console`: the management API and the dashboard on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from console.app import create_app
+from console.settings import ConsoleSettings
+from shared.logging import configure_logging
+from shared.settings import PlatformSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m console", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
+    args = parser.parse_args(argv)
+
+    platform = PlatformSettings()
+    settings = ConsoleSettings()
+    if not platform.database_url:
+        parser.error("DATABASE_URL is not set (`make run` sets it)")
+    configure_logging(log_format=platform.log_format, process="console")
+    app = create_app(settings, platform)
+    print(f"Console: http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The management API under /api/v1. Every handler runs as the signed-in user (RLS applies):
+another user's rows are simply not there, so they answer 404 exactly like missing ones."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from fastapi import APIRouter, Response, status
+
+from console.auth import Unauthenticated
+from console.context import ApiSession, ConsoleDep
+from console.schemas import (
+    CreatedEndpointOut,
+    Credentials,
+    DeliveryDetailOut,
+    EndpointCreate,
+    EnvironmentOut,
+    ErrorOut,
+    IssuedKeyOut,
+    KeyCreate,
+    KeyOut,
+    KeyRotate,
+    MeOut,
+    ProjectCreate,
+    ProjectUpdate,
+    SuspensionStateOut,
+    TestEvent,
+    TestEventOut,
+    TokenOut,
+)
+from shared import apikeys, deliveries, projects, suspensions, webhooks
+from shared.apikeys import ApiKey, IssuedKey
+from shared.deliveries import Delivery
+from shared.environment import Environment
+from shared.errors import PermissionDenied
+from shared.projects import Project
+from shared.webhooks import WebhookEndpoint
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorOut, "description": "Not signed in"},
+    404: {"model": ErrorOut, "description": "No such thing, or not yours"},
+    409: {"model": ErrorOut, "description": "Conflicts with the current state"},
+    422: {"model": ErrorOut, "description": "Invalid input"},
+}
+
+router = APIRouter(prefix="/api/v1", responses=_ERRORS)
+
+
+def key_out(key: ApiKey) -> KeyOut:
+    return KeyOut.model_validate(
+        {
+            **{name: getattr(key, name) for name in ApiKey.__slots__},
+            "kind": key.kind.value,
+            "display": key.display,
+        }
+    )
+
+
+def issued_out(issued: IssuedKey) -> IssuedKeyOut:
+    return IssuedKeyOut(key=key_out(issued.key), token=issued.token)
+
+
+@router.post("/auth/token", tags=["session"], responses={403: _ERRORS[401]})
+async def sign_in(body: Credentials, state: ConsoleDep, response: Response) -> TokenOut:
+    """A session token for API clients: the same sign-in as the dashboard's (Supabase Auth when
+    configured, else the local one)."""
+    response.headers["Cache-Control"] = "no-store"
+    try:
+        token = await state.sign_in(body.email, body.password)
+    except PermissionDenied as exc:
+        raise Unauthenticated(exc.message) from None
+    return TokenOut(access_token=token)
+
+
+@router.get("/me", tags=["session"])
+async def me(session: ApiSession) -> MeOut:
+    return MeOut(user_id=session.user_id, email=session.email)
+
+
+@router.get("/environments", tags=["projects"])
+async def list_environments(session: ApiSession) -> list[EnvironmentOut]:
+    """How each environment behaves (from the platform's environment policy)."""
+    return [EnvironmentOut.of(env) for env in Environment]
+
+
+# Projects ----------------------------------------------------------------------------------------
+
+
+@router.get("/projects", tags=["projects"])
+async def list_projects(state: ConsoleDep, session: ApiSession) -> list[Project]:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        found = await projects.list_projects(conn)
+    return found
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED, tags=["projects"])
+async def create_project(body: ProjectCreate, state: ConsoleDep, session: ApiSession) -> Project:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        project = await projects.create_project(conn, name=body.name, environment=body.environment)
+    return project
+
+
+@router.get("/projects/{project_id}", tags=["projects"])
+async def get_project(project_id: UUID, state: ConsoleDep, session: ApiSession) -> Project:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        project = await projects.get_project(conn, project_id)
+    return project
+
+
+@router.patch("/projects/{project_id}", tags=["projects"])
+async def update_project(
+    project_id: UUID, body: ProjectUpdate, state: ConsoleDep, session: ApiSession
+) -> Project:
+    """Rename a project, or move it to another environment (refused while keys are active)."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        project = await projects.get_project(conn, project_id)
+        if body.name is not None:
+            project = await projects.rename_project(conn, project_id, body.name)
+        if body.environment is not None:
+            project = await projects.change_environment(conn, project_id, body.environment)
+    return project
+
+
+@router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["projects"])
+async def delete_project(project_id: UUID, state: ConsoleDep, session: ApiSession) -> Response:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await projects.delete_project(conn, project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/projects/{project_id}/suspension", tags=["projects"])
+async def suspension_state(
+    project_id: UUID, state: ConsoleDep, session: ApiSession
+) -> SuspensionStateOut:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await projects.get_project(conn, project_id)
+        history = await suspensions.list_suspensions(conn, project_id)
+    current = next((s for s in history if s.is_open), None)
+    return SuspensionStateOut(
+        suspended=current is not None,
+        current=current,
+        history=history,
+    )
+
+
+# API keys ----------------------------------------------------------------------------------------
+
+
+@router.get("/projects/{project_id}/keys", tags=["keys"])
+async def list_keys(project_id: UUID, state: ConsoleDep, session: ApiSession) -> list[KeyOut]:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await projects.get_project(conn, project_id)
+        found = await apikeys.list_keys(conn, project_id)
+    return [key_out(key) for key in found]
+
+
+@router.post("/projects/{project_id}/keys", status_code=status.HTTP_201_CREATED, tags=["keys"])
+async def create_key(
+    project_id: UUID, body: KeyCreate, state: ConsoleDep, session: ApiSession, response: Response
+) -> IssuedKeyOut:
+    """Issue a key; its prefix follows the project's environment. The token is returned once."""
+    response.headers["Cache-Control"] = "no-store"
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        issued = await apikeys.create_key(
+            conn, project_id, body.kind, name=body.name, expires_at=body.expires_at
+        )
+    return issued_out(issued)
+
+
+@router.get("/keys/{key_id}", tags=["keys"])
+async def get_key(key_id: UUID, state: ConsoleDep, session: ApiSession) -> KeyOut:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        return key_out(await apikeys.get_key(conn, key_id))
+
+
+@router.post("/keys/{key_id}/revoke", tags=["keys"])
+async def revoke_key(key_id: UUID, state: ConsoleDep, session: ApiSession) -> KeyOut:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        return key_out(await apikeys.revoke_key(conn, key_id))
+
+
+@router.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED, tags=["keys"])
+async def rotate_key(
+    key_id: UUID, body: KeyRotate, state: ConsoleDep, session: ApiSession, response: Response
+) -> IssuedKeyOut:
+    """Issue a replacement; the old key keeps working for the grace period, then expires."""
+    response.headers["Cache-Control"] = "no-store"
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        issued = await apikeys.rotate_key(conn, key_id, grace=timedelta(seconds=body.grace_seconds))
+    return issued_out(issued)
+
+
+# Webhook endpoints -------------------------------------------------------------------------------
+
+
+@router.get("/projects/{project_id}/webhook-endpoints", tags=["webhooks"])
+async def list_endpoints(
+    project_id: UUID, state: ConsoleDep, session: ApiSession
+) -> list[WebhookEndpoint]:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await projects.get_project(conn, project_id)
+        found = await webhooks.list_endpoints(conn, project_id)
+    return found
+
+
+@router.post(
+    "/projects/{project_id}/webhook-endpoints",
+    status_code=status.HTTP_201_CREATED,
+    tags=["webhooks"],
+)
+async def create_endpoint(
+    project_id: UUID,
+    body: EndpointCreate,
+    state: ConsoleDep,
+    session: ApiSession,
+    response: Response,
+) -> CreatedEndpointOut:
+    """Add an endpoint. Its signing secret is returned once."""
+    response.headers["Cache-Control"] = "no-store"
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        # Looked up first so another user's project answers 404, not an RLS refusal.
+        await projects.get_project(conn, project_id)
+        created = await webhooks.create_endpoint(
+            conn, project_id, body.url, description=body.description, event_types=body.event_types
+        )
+    return CreatedEndpointOut(endpoint=created.endpoint, secret=created.secret)
+
+
+@router.post("/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
+async def disable_endpoint(
+    endpoint_id: UUID, state: ConsoleDep, session: ApiSession
+) -> WebhookEndpoint:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        endpoint = await webhooks.set_enabled(conn, endpoint_id, False)
+    return endpoint
+
+
+@router.post("/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
+async def enable_endpoint(
+    endpoint_id: UUID, state: ConsoleDep, session: ApiSession
+) -> WebhookEndpoint:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        endpoint = await webhooks.set_enabled(conn, endpoint_id, True)
+    return endpoint
+
+
+@router.delete(
+    "/webhook-endpoints/{endpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["webhooks"],
+)
+async def delete_endpoint(endpoint_id: UUID, state: ConsoleDep, session: ApiSession) -> Response:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await webhooks.delete_endpoint(conn, endpoint_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/projects/{project_id}/test-event", status_code=status.HTTP_201_CREATED, tags=["webhooks"]
+)
+async def send_test_event(
+    project_id: UUID, body: TestEvent, state: ConsoleDep, session: ApiSession
+) -> TestEventOut:
+    """Send a `webhook.test` event to every enabled endpoint of the project."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        event_id = await webhooks.send_test_event(conn, project_id, body.message)
+        fanned = await deliveries.count_for_event(conn, event_id)
+    return TestEventOut(event_id=event_id, deliveries=fanned)
+
+
+# Deliveries --------------------------------------------------------------------------------------
+
+
+@router.get("/projects/{project_id}/deliveries", tags=["deliveries"])
+async def list_deliveries(
+    project_id: UUID, state: ConsoleDep, session: ApiSession
+) -> list[Delivery]:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await projects.get_project(conn, project_id)
+        found = await deliveries.list_deliveries(
+            conn, project_id, limit=state.settings.deliveries_page_size
+        )
+    return found
+
+
+@router.get("/deliveries/{delivery_id}", tags=["deliveries"])
+async def get_delivery(
+    delivery_id: UUID, state: ConsoleDep, session: ApiSession
+) -> DeliveryDetailOut:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        delivery = await deliveries.get_delivery(conn, delivery_id)
+        attempts = await deliveries.list_attempts(conn, delivery_id)
+    return DeliveryDetailOut(delivery=delivery, attempts=attempts)
+
+
+@router.post("/deliveries/{delivery_id}/redeliver", tags=["deliveries"])
+async def redeliver(delivery_id: UUID, state: ConsoleDep, session: ApiSession) -> DeliveryDetailOut:
+    """Make a finished delivery due again now (same webhook-id, attempt log kept)."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        delivery = await deliveries.redeliver(conn, delivery_id)
+        attempts = await deliveries.list_attempts(conn, delivery_id)
+    return DeliveryDetailOut(delivery=delivery, attempts=attempts)

@@ -1,0 +1,83 @@
+"""What every request handler reaches through the app: settings, database, sign-in, templates,
+and the dependencies that turn a request into a signed-in user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.templating import Jinja2Templates
+
+from console.auth import Authenticator, Csrf, Session, Unauthenticated
+from console.settings import ConsoleSettings
+from console.signin import SignIn
+from shared.db import Database
+
+CSRF_COOKIE = "parity_csrf"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    settings: ConsoleSettings
+    db: Database
+    auth: Authenticator
+    csrf: Csrf
+    sign_in: SignIn
+    templates: Jinja2Templates
+
+
+def get_console(request: Request) -> Console:
+    state: Console = request.app.state.console
+    return state
+
+
+ConsoleDep = Annotated[Console, Depends(get_console)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def api_session(request: Request, state: ConsoleDep) -> Session:
+    """The signed-in user of an API request: a Bearer token, or the dashboard's session cookie.
+
+    With the cookie, unsafe methods also need the CSRF token in a header, since a browser sends
+    cookies on its own.
+    """
+    token = bearer_token(request)
+    if token is None:
+        token = request.cookies.get(state.settings.cookie_name)
+        if token is None:
+            raise Unauthenticated()
+        if request.method in UNSAFE_METHODS:
+            state.csrf.check(request.cookies.get(CSRF_COOKIE), request.headers.get(CSRF_HEADER))
+    return await state.auth.verify(token)
+
+
+async def page_session(request: Request, state: ConsoleDep) -> Session:
+    """The signed-in user of a dashboard page (the session cookie)."""
+    token = request.cookies.get(state.settings.cookie_name)
+    if token is None:
+        raise Unauthenticated()
+    return await state.auth.verify(token)
+
+
+async def checked_form(request: Request, state: ConsoleDep) -> dict[str, str]:
+    """The posted form's text fields, once its CSRF token has been checked."""
+    form = await request.form()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    state.csrf.check(request.cookies.get(CSRF_COOKIE), fields.get(CSRF_FIELD))
+    return fields
+
+
+ApiSession = Annotated[Session, Depends(api_session)]
+PageSession = Annotated[Session, Depends(page_session)]
+Form = Annotated[dict[str, str], Depends(checked_form)]

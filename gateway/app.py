@@ -1,0 +1,380 @@
+"""The gateway as a raw ASGI application: authenticate, check environment and suspension,
+rate-limit, meter, forward, log. Kept free of a framework because every request of every customer
+passes through it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from loguru import logger
+
+from gateway.errors import PublishableKeyReadOnly, RequestTooLarge, status_for
+from gateway.keycache import KeyCache
+from gateway.listener import listen_for_invalidations
+from gateway.metering import UsageMeter
+from gateway.proxy import Upstream, UpstreamResponse, forward_headers
+from gateway.ratelimit import Decision, ProjectRateLimiter, build_storage
+from gateway.reqlog import Exchange, log_bodies, log_request, logs_bodies
+from gateway.settings import GatewaySettings
+from shared.apikeys import Credential
+from shared.db import Database
+from shared.environment import get_environment_config
+from shared.errors import (
+    EnvironmentMismatch,
+    InvalidApiKey,
+    ParityError,
+    ProjectSuspended,
+    RateLimited,
+)
+from shared.identity import ENVIRONMENT_HEADER, KEY_ID_HEADER, KEY_KIND_HEADER, PROJECT_ID_HEADER
+from shared.keys import KeyKind, hash_token, parse_token
+from shared.settings import PlatformSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_JSON: Final = (b"content-type", b"application/json")
+
+
+def _credential_header(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str] | None:
+    """(header name, token) of the key: the `apikey` header if present (Supabase's convention,
+    which leaves `Authorization` to a user's JWT), else `Authorization: Bearer`."""
+    bearer: str | None = None
+    for name, value in headers:
+        if name == b"apikey":
+            return b"apikey", value.decode("latin-1").strip()
+        if name == b"authorization" and bearer is None:
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer":
+                bearer = token.strip()
+    return (b"authorization", bearer) if bearer is not None else None
+
+
+def authorize(credential: Credential | None, method: str, now: datetime | None = None) -> None:
+    """Raise the refusal that applies to a request made with `credential`, if any."""
+    if credential is None:
+        raise InvalidApiKey("unknown API key: it was never issued or has been deleted")
+    if credential.key_status != "active":
+        raise InvalidApiKey("this API key has been revoked: use an active key of the project")
+    if credential.expires_at is not None and credential.expires_at <= (now or datetime.now(UTC)):
+        raise InvalidApiKey("this API key has expired: use an active key of the project")
+    # Checked on every request, not only by the database trigger at write time: no later edit of
+    # either row can let a key act in another environment.
+    if credential.key_environment is not credential.project_environment:
+        raise EnvironmentMismatch(
+            f"this {credential.key_environment.value} key cannot be used on a"
+            f" {credential.project_environment.value} project: use a key issued for"
+            f" the project's {credential.project_environment.value} environment"
+        )
+    if credential.project_status != "active":
+        raise ProjectSuspended(
+            "the project is suspended and its requests are refused until an operator lifts the"
+            " suspension"
+        )
+    if credential.kind is KeyKind.PUBLISHABLE and method not in READ_METHODS:
+        raise PublishableKeyReadOnly(
+            f"publishable (pk) keys may only make read requests (GET, HEAD, OPTIONS), not"
+            f" {method}: use a secret (sk) key from your server for writes"
+        )
+
+
+class RateLimitExceeded(RateLimited):
+    """A refusal that carries what the response headers and the log line need."""
+
+    def __init__(self, credential: Credential, decision: Decision) -> None:
+        super().__init__(
+            f"rate limit of {decision.limit} requests per {decision.window_seconds} s reached for"
+            f" this {credential.project_environment.value} project: retry after"
+            f" {decision.reset_after} s"
+        )
+        self.decision = decision
+
+
+class Gateway:
+    """The ASGI application and the resources it owns between start-up and shutdown."""
+
+    def __init__(self, platform: PlatformSettings, settings: GatewaySettings) -> None:
+        self.platform = platform
+        self.settings = settings
+        self.db = Database(
+            platform.database_url,
+            min_size=platform.db_pool_min_size,
+            max_size=platform.db_pool_max_size,
+            name="gateway",
+        )
+        self.cache = KeyCache(
+            self.db,
+            ttl_seconds=settings.key_cache_ttl_seconds,
+            max_entries=settings.key_cache_max_entries,
+        )
+        self.limiter = ProjectRateLimiter(
+            build_storage(platform.redis_url, key_prefix=settings.redis_key_prefix),
+            window_seconds=platform.rate_limit_window_seconds,
+        )
+        self.meter = UsageMeter(
+            self.db,
+            window_seconds=platform.cap_window_seconds,
+            default_cap=platform.default_request_cap,
+        )
+        self.upstream = Upstream(
+            settings.upstream_url,
+            connect_timeout=settings.connect_timeout_seconds,
+            total_timeout=settings.upstream_timeout_seconds,
+            max_connections=settings.max_upstream_connections,
+        )
+        self.listening = asyncio.Event()
+        self.started = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.db.open()
+        await self.upstream.open()
+        self._tasks = [
+            asyncio.create_task(
+                listen_for_invalidations(
+                    self.platform.database_url,
+                    self.cache,
+                    retry_seconds=self.settings.listener_retry_seconds,
+                    connected=self.listening,
+                ),
+                name="gateway-listener",
+            ),
+            asyncio.create_task(
+                self.meter.run(self.settings.usage_flush_interval_seconds), name="usage-flush"
+            ),
+        ]
+        self.started.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.upstream.close()
+        await self.db.close()
+        logger.info("gateway stopped")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # Requests ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets are not proxied
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def lookup(self, token: str) -> Credential | None:
+        """The credential of `token`, or None if unknown. Malformed and mistyped tokens are
+        refused here, before any query; on a cache hit no query is made at all."""
+        key_hash = hash_token(token)
+        # Only tokens of stored keys are ever cached, so a hit is a well-formed token with a
+        # valid checksum: the format check is needed, and paid, only on a miss.
+        credential = self.cache.cached(key_hash)
+        if credential is not None:
+            return credential
+        parse_token(token)
+        return await self.cache.get(key_hash)
+
+    async def take(self, credential: Credential) -> Decision:
+        """One request from the project's budget: its base limit (or the platform default)
+        times its environment's multiplier. Raises :class:`RateLimitExceeded` past it."""
+        environment = get_environment_config(credential.project_environment)
+        limit = (
+            credential.rate_limit or self.platform.default_rate_limit
+        ) * environment.rate_limit_multiplier
+        decision = await self.limiter.hit(credential.project_id, limit)
+        if not decision.allowed:
+            raise RateLimitExceeded(credential, decision)
+        return decision
+
+    async def decide(self, token: str, method: str) -> tuple[Credential, Decision]:
+        """Everything the gateway decides before forwarding, in order (what the benchmark of
+        in-process decisions measures); raises the refusal that applies."""
+        credential = await self.lookup(token)
+        authorize(credential, method)
+        assert credential is not None
+        return credential, await self.take(credential)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        credential: Credential | None = None
+        decision: Decision | None = None
+        try:
+            found = _credential_header(headers)
+            if found is None:
+                raise InvalidApiKey(
+                    "missing API key: send it as `Authorization: Bearer <key>` or an `apikey`"
+                    " header"
+                )
+            credential_header, token = found
+            credential = await self.lookup(token)
+            authorize(credential, method)
+            assert credential is not None
+            decision = await self.take(credential)
+            body = (
+                await _read_body(receive, self.settings.max_request_body_bytes)
+                if _has_body(headers)
+                else b""
+            )
+            self.meter.record(credential.project_id, credential.key_id)
+            upstream_headers = forward_headers(
+                headers,
+                drop=credential_header,
+                identity={
+                    PROJECT_ID_HEADER: str(credential.project_id),
+                    ENVIRONMENT_HEADER: credential.project_environment.value,
+                    KEY_KIND_HEADER: credential.kind.value,
+                    KEY_ID_HEADER: str(credential.key_id),
+                },
+            )
+            response = await self.upstream.forward(
+                method,
+                scope.get("raw_path") or scope["path"].encode(),
+                scope["query_string"],
+                upstream_headers,
+                body,
+            )
+        except RateLimitExceeded as refusal:
+            await _send_error(send, 429, refusal, refusal.decision)
+            self._log(scope, 429, started, credential, refusal.code)
+            return
+        except ParityError as error:
+            status = status_for(error)
+            await _send_error(send, status, error, decision)
+            self._log(scope, status, started, credential, error.code)
+            return
+        except Exception:
+            logger.exception("unexpected error in the gateway")
+            failure = ParityError(
+                "the gateway failed unexpectedly: retry, and report it if it lasts"
+            )
+            await _send_error(send, 500, failure, decision)
+            self._log(scope, 500, started, credential, failure.code)
+            return
+        await _send_response(send, response, decision, head=method == "HEAD")
+        exchange = self._log(scope, response.status, started, credential, None)
+        if logs_bodies(credential):
+            log_bodies(
+                exchange,
+                request_headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
+                request_body=body,
+                request_content_type=_header(headers, b"content-type"),
+                response_headers=[
+                    (n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers
+                ],
+                response_body=response.body,
+                response_content_type=response.content_type,
+                cap=self.settings.log_body_max_bytes,
+            )
+
+    def _log(
+        self,
+        scope: Scope,
+        status: int,
+        started: float,
+        credential: Credential | None,
+        error_code: str | None,
+    ) -> Exchange:
+        exchange = Exchange(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope["query_string"].decode("latin-1"),
+            status=status,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            credential=credential,
+            error_code=error_code,
+        )
+        log_request(exchange)
+        return exchange
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    # HTTP/1.1 frames a request body only by Content-Length or Transfer-Encoding: without either
+    # there is none, and the usual GET costs no extra await.
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or :class:`RequestTooLarge` as soon as it passes `limit` bytes
+    (so an oversized upload is never held in memory whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(
+                f"request body larger than {limit} bytes: send less per request, or split it"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send_response(
+    send: Send, response: UpstreamResponse, decision: Decision | None, *, head: bool
+) -> None:
+    headers = list(response.headers)
+    if head:
+        # A HEAD answer has no body but tells the length a GET would have: keep the upstream's.
+        if response.content_length is not None:
+            headers.append((b"content-length", response.content_length))
+    else:
+        headers.append((b"content-length", b"%d" % len(response.body)))
+    if decision is not None:
+        headers.extend(decision.headers())
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+
+async def _send_error(
+    send: Send, status: int, error: ParityError, decision: Decision | None
+) -> None:
+    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+    headers = [_JSON, (b"content-length", b"%d" % len(body))]
+    if decision is not None:
+        headers.extend(decision.headers())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

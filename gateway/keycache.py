@@ -1,0 +1,109 @@
+"""Key lookups cached in process.
+
+An entry lives at most `ttl` seconds; notifications on channel `gateway_invalidate` drop it
+sooner (see gateway.listener). A lookup that was in flight when an invalidation arrived is not
+cached, so a stale row read just before a change cannot outlive the notification that announced it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+from shared.apikeys import Credential, find_credential
+from shared.db import Database
+
+
+class KeyCache:
+    """Credentials by token hash, with indexes by key and by project for invalidation."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        ttl_seconds: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[bytes, tuple[float, Credential]] = {}
+        self._by_key: dict[UUID, bytes] = {}
+        self._by_project: dict[UUID, set[bytes]] = {}
+        # Bumped by every invalidation: a lookup that saw another generation start does not cache.
+        self._generation = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cached(self, key_hash: bytes) -> Credential | None:
+        """The cached credential for `key_hash` if it is still fresh; no database call."""
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        expires, credential = entry
+        if expires <= self._clock():
+            self._drop(key_hash)
+            return None
+        return credential
+
+    async def get(self, key_hash: bytes) -> Credential | None:
+        """The credential for `key_hash`, from the cache or the database; None if unknown."""
+        credential = self.cached(key_hash)
+        if credential is not None:
+            return credential
+        generation = self._generation
+        async with self._db.as_service() as conn:
+            credential = await find_credential(conn, key_hash)
+        if credential is not None and generation == self._generation:
+            self._store(key_hash, credential)
+        return credential
+
+    def _store(self, key_hash: bytes, credential: Credential) -> None:
+        if key_hash not in self._entries and len(self._entries) >= self._max_entries:
+            self._drop(next(iter(self._entries)))  # the oldest insertion
+        self._entries[key_hash] = (self._clock() + self._ttl, credential)
+        self._by_key[credential.key_id] = key_hash
+        self._by_project.setdefault(credential.project_id, set()).add(key_hash)
+
+    def _drop(self, key_hash: bytes) -> None:
+        entry = self._entries.pop(key_hash, None)
+        if entry is None:
+            return
+        credential = entry[1]
+        self._by_key.pop(credential.key_id, None)
+        hashes = self._by_project.get(credential.project_id)
+        if hashes is not None:
+            hashes.discard(key_hash)
+            if not hashes:
+                del self._by_project[credential.project_id]
+
+    def invalidate(self, payload: str) -> None:
+        """Apply one notification: `key:<id>` or `project:<id>`. Anything else clears the whole
+        cache, the safe answer to a payload this version does not understand."""
+        self._generation += 1
+        kind, _, raw_id = payload.partition(":")
+        try:
+            target = UUID(raw_id)
+        except ValueError:
+            self.clear()
+            return
+        if kind == "key":
+            key_hash = self._by_key.get(target)
+            if key_hash is not None:
+                self._drop(key_hash)
+        elif kind == "project":
+            for key_hash in list(self._by_project.get(target, ())):
+                self._drop(key_hash)
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (the listener reconnected: notifications may have been missed)."""
+        self._generation += 1
+        self._entries.clear()
+        self._by_key.clear()
+        self._by_project.clear()

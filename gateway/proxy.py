@@ -1,0 +1,155 @@
+"""Forwarding to the upstream with one shared `aiohttp.ClientSession` (httpx's default transport is
+an order of magnitude slower under concurrency; see the performance notes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from shared.identity import IDENTITY_HEADER_PREFIX
+
+# RFC 9110 section 7.6.1, plus what aiohttp computes itself (host, content-length).
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    content_type: str
+    content_length: bytes | None = None
+    """The upstream's Content-Length header, which only a HEAD answer needs passed on."""
+
+
+_HOP_BY_HOP_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_IDENTITY_PREFIX_RAW: Final = IDENTITY_HEADER_PREFIX.encode()
+
+
+def forward_headers(
+    raw: list[tuple[bytes, bytes]], *, drop: bytes, identity: dict[str, str]
+) -> CIMultiDict[str]:
+    """Request headers for the upstream: without hop-by-hop headers, the header named `drop`
+    (the credential the gateway consumed) and any client-supplied identity header; with ours.
+    `raw` is the ASGI scope's list, whose names are lower case."""
+    skip = _HOP_BY_HOP_RAW | {drop}
+    for name, value in raw:
+        if name == b"connection":
+            # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+            skip = skip | {token.strip().lower() for token in value.split(b",")}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        if name in skip or name.startswith(_IDENTITY_PREFIX_RAW):
+            continue
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    headers.update(identity)
+    return headers
+
+
+# The gateway's server sets its own Date; two would confuse clients.
+_RESPONSE_DROP: Final = HOP_BY_HOP | {"date"}
+
+
+def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str]:
+    headers: list[tuple[bytes, bytes]] = []
+    content_type = ""
+    for name, value in raw:
+        lower = name.lower()
+        if lower.decode("latin-1") in _RESPONSE_DROP:
+            continue
+        if lower == b"content-type":
+            content_type = value.decode("latin-1")
+        headers.append((lower, value))
+    return headers, content_type
+
+
+class Upstream:
+    """The service behind the gateway."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        total_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            timeout=self._timeout,
+            # Bodies pass through as the upstream encoded them, and the client's own
+            # Accept-Encoding (or its absence) is what the upstream sees.
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def forward(
+        self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes
+    ) -> UpstreamResponse:
+        """Send the request on and read the whole response; raise :class:`UpstreamUnavailable`
+        (502) or :class:`UpstreamTimeout` (504) rather than hang."""
+        assert self._session is not None, "Upstream.open() first"
+        target = self._base + raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        try:
+            async with self._session.request(
+                method,
+                URL(target, encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            ) as response:
+                payload = await response.read()
+                response_headers, content_type = _response_headers(response.raw_headers)
+                length = response.headers.get("content-length")
+                return UpstreamResponse(
+                    response.status,
+                    response_headers,
+                    payload,
+                    content_type,
+                    length.encode("latin-1") if length is not None else None,
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise UpstreamUnavailable(
+                "the upstream service cannot be reached: retry shortly"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamUnavailable(
+                "the upstream service closed the connection or answered badly: retry shortly"
+            ) from exc

@@ -1,0 +1,82 @@
+"""Request logs. Every request gets one info line; a project whose environment logs at debug
+(dev and staging, per `get_environment_config`) also gets a debug record with the full request and
+response, bodies capped and redacted. Nothing here ever shows a body for prod."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from loguru import logger
+
+from shared.apikeys import Credential
+from shared.environment import get_environment_config
+from shared.logging import describe_body, redact_headers, redact_text
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request and its answer, as far as the gateway got."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    duration_ms: float
+    credential: Credential | None
+    error_code: str | None = None
+
+
+def log_request(exchange: Exchange) -> None:
+    """The one info line every request gets."""
+    credential = exchange.credential
+    target = exchange.path + ("?" + exchange.query if exchange.query else "")
+    # The template is constant and values go in as arguments: a brace in a path is just text.
+    logger.info(
+        "{method} {target} -> {status} in {duration_ms:.1f} ms project={project} env={env}"
+        " key={key}{error}",
+        method=exchange.method,
+        target=redact_text(target),
+        status=exchange.status,
+        duration_ms=exchange.duration_ms,
+        project=credential.project_id if credential else "-",
+        env=credential.project_environment.value if credential else "-",
+        key=credential.display if credential else "-",
+        error=f" error={exchange.error_code}" if exchange.error_code else "",
+    )
+
+
+def logs_bodies(credential: Credential | None) -> bool:
+    """Whether this request's project wants the debug record with bodies."""
+    return (
+        credential is not None
+        and get_environment_config(credential.project_environment).logs_bodies
+    )
+
+
+def log_bodies(
+    exchange: Exchange,
+    *,
+    request_headers: Iterable[tuple[str, str]],
+    request_body: bytes,
+    request_content_type: str,
+    response_headers: Iterable[tuple[str, str]],
+    response_body: bytes,
+    response_content_type: str,
+    cap: int,
+) -> None:
+    """The debug record of a dev or staging request: headers and bodies, redacted and capped."""
+    if not logs_bodies(exchange.credential):
+        return
+    logger.debug(
+        "{method} {target} -> {status} request headers={request_headers}"
+        " request body={request_body} response headers={response_headers}"
+        " response body={response_body}",
+        method=exchange.method,
+        target=redact_text(exchange.path + ("?" + exchange.query if exchange.query else "")),
+        status=exchange.status,
+        request_headers=redact_headers(request_headers),
+        request_body=describe_body(request_body, request_content_type, cap=cap),
+        response_headers=redact_headers(response_headers),
+        response_body=describe_body(response_body, response_content_type, cap=cap),
+    )

@@ -1,0 +1,66 @@
+-- Gateway cache invalidation (US-002 at request time): every change that can turn an accepted key
+-- into a refused one, or change a project's limits, notifies channel `gateway_invalidate`.
+-- Gateways LISTEN on it and drop the cached entries named by the payload, so revocation,
+-- suspension and environment changes reach every replica within about a second. If notifications
+-- are lost, the gateway's cache TTL bounds how long a stale entry can live.
+--
+-- Payloads name rows by id only (`key:<uuid>` or `project:<uuid>`): never a token or its hash.
+
+create function private.notify_gateway_key_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify('gateway_invalidate', 'key:' || coalesce(new.id, old.id)::text);
+    return null;
+end
+$$;
+revoke all on function private.notify_gateway_key_change() from public, anon, authenticated;
+
+-- last_used_at, written by the gateway's own batched flush, changes nothing a gateway caches, so it
+-- is left out: the gateway does not invalidate its cache with its own writes.
+create trigger api_keys_notify_gateway
+    after update of status, expires_at, environment, project_id on public.api_keys
+    for each row
+    when (
+        old.status is distinct from new.status
+        or old.expires_at is distinct from new.expires_at
+        or old.environment is distinct from new.environment
+        or old.project_id is distinct from new.project_id
+    )
+    execute function private.notify_gateway_key_change();
+
+create trigger api_keys_notify_gateway_delete
+    after delete on public.api_keys
+    for each row execute function private.notify_gateway_key_change();
+
+create function private.notify_gateway_project_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform pg_notify('gateway_invalidate', 'project:' || coalesce(new.id, old.id)::text);
+    return null;
+end
+$$;
+revoke all on function private.notify_gateway_project_change() from public, anon, authenticated;
+
+create trigger projects_notify_gateway
+    after update of status, environment, rate_limit, request_cap on public.projects
+    for each row
+    when (
+        old.status is distinct from new.status
+        or old.environment is distinct from new.environment
+        or old.rate_limit is distinct from new.rate_limit
+        or old.request_cap is distinct from new.request_cap
+    )
+    execute function private.notify_gateway_project_change();
+
+create trigger projects_notify_gateway_delete
+    after delete on public.projects
+    for each row execute function private.notify_gateway_project_change();
+
+comment on function private.notify_gateway_key_change() is
+    'Tells gateways (channel gateway_invalidate) to drop a cached API key.';
+comment on function private.notify_gateway_project_change() is
+    'Tells gateways (channel gateway_invalidate) to drop every cached key of a project.';

@@ -1,0 +1,179 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium, headless, against the
+console served by uvicorn on a free loopback port. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"  # Debian's package
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# (value, label, expected background colour): prod green, dev blue, staging yellow.
+BADGES = {
+    "prod": ("Production", "rgb(26, 127, 55)"),
+    "dev": ("Development", "rgb(9, 105, 218)"),
+    "staging": ("Staging", "rgb(212, 167, 44)"),
+}
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def page(served_console: str) -> Iterator[Page]:
+    chromium = Path(os.environ.get("PARITY_CHROMIUM", DEFAULT_CHROMIUM))
+    if not chromium.exists():
+        pytest.skip(f"Chromium not found at {chromium}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = browser.new_context(base_url=served_console)
+            context.set_default_timeout(15_000)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def badge_style(badge: Locator) -> str:
+    colour: str = badge.evaluate("el => getComputedStyle(el).backgroundColor")
+    return colour
+
+
+def test_environments_badges_banner_and_a_key_shown_once(page: Page) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    page.fill("input[name=email]", "ada@example.com")
+    page.fill("input[name=password]", "correct horse")
+    shot(page, "01-signin")
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Projects")
+
+    select = page.locator("select#environment")
+    expect(select).to_have_value("prod")
+    assert select.locator("option:checked").inner_text() == "Production"
+    assert [o.inner_text() for o in select.locator("option").all()] == [
+        "Production",
+        "Development",
+        "Staging",
+    ]
+    help_items = page.locator("#environment-help [data-environment]")
+    visible = page.locator("#environment-help [data-environment]:visible")
+    expect(visible).to_have_count(1)
+    expect(visible).to_contain_text("Rate limit: 1x")
+    expect(visible).to_contain_text("Auto-suspend on hard caps: on")
+    assert help_items.count() == 3
+    shot(page, "02-create-form-production")
+
+    select.select_option("dev")
+    expect(visible).to_have_count(1)
+    expect(visible).to_contain_text("Rate limit: 10x")
+    expect(visible).to_contain_text("retried without limit")
+    select.select_option("staging")
+    expect(visible).to_contain_text("Rate limit: 5x")
+    expect(visible).to_contain_text("retried 5 times")
+    shot(page, "03-create-form-staging")
+
+    project_urls = {}
+    for environment, name in [("prod", "shop"), ("dev", "lab"), ("staging", "qa")]:
+        page.goto("/projects")
+        page.fill("#create-project input[name=name]", name)
+        page.select_option("select#environment", environment)
+        page.click("#create-project button[type=submit]")
+        expect(page.locator(".project-header h1")).to_contain_text(name)
+        project_urls[environment] = page.url
+
+    page.goto("/projects")
+    for environment, (label, colour) in BADGES.items():
+        badge = page.locator(f"#project-list .badge[data-environment={environment}]")
+        expect(badge).to_have_text(label)
+        assert badge_style(badge) == colour
+    shot(page, "04-project-list")
+
+    for environment, (label, colour) in BADGES.items():
+        page.goto(project_urls[environment])
+        badge = page.locator(".project-header .badge")
+        expect(badge).to_have_text(label)
+        assert badge_style(badge) == colour
+        banner = page.locator("#prod-warning")
+        if environment == "prod":
+            expect(banner).to_be_visible()
+            expect(banner).to_contain_text("Production project")
+        else:
+            expect(banner).to_have_count(0)
+        shot(page, f"05-project-{environment}")
+
+    # A key in the prod project: its secret once, then only prefix and last four.
+    page.goto(project_urls["prod"])
+    page.fill("#create-key input[name=name]", "backend")
+    page.click("#create-key button[type=submit]")
+    secret = page.locator("#new-key-token").inner_text()
+    assert secret.startswith("nm_live_sk_")
+    expect(page.locator("#new-key button[data-copy]")).to_be_visible()
+    shot(page, "06-key-created")
+    page.goto(project_urls["prod"])
+    expect(page.locator("#new-key")).to_have_count(0)
+    assert secret not in page.content()
+    row = page.locator("#key-list tbody tr").first
+    expect(row).to_contain_text(f"nm_live_sk_…{secret[-4:]}")
+    expect(row.locator(".key-status")).to_have_text("active")
+
+    # Revoking in prod asks for the project's name.
+    page.fill(".revoke-form input[name=confirm_name]", "shop")
+    page.click(".revoke-form button[type=submit]")
+    expect(page.locator("#key-list tbody tr").first.locator(".key-status")).to_have_text("revoked")
+    shot(page, "07-key-revoked")
+
+
+def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Page) -> None:
+    page.goto("/signin")
+    page.fill("input[name=email]", "grace@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("#signin-form button[type=submit]")
+    page.fill("#create-project input[name=name]", "storefront")
+    page.click("#create-project button[type=submit]")
+    expect(page.locator("#prod-warning")).to_be_visible()
+
+    page.fill("#create-endpoint input[name=url]", "https://example.com/hooks")
+    page.click("#create-endpoint button[type=submit]")
+    secret = page.locator("#new-endpoint-secret").inner_text()
+    assert secret.startswith("whsec_")
+    page.click("#send-test-event")
+    expect(page.locator(".notice")).to_contain_text("Test event sent")
+    assert secret not in page.content()
+    row = page.locator("#delivery-list tbody tr").first
+    expect(row).to_contain_text("webhook.test")
+    expect(row).to_contain_text("pending")
+    shot(page, "08-delivery-log")
+
+    # The browser will not submit the prod delete without the name; a wrong name is refused.
+    delete = page.locator("#delete-project")
+    before = page.url
+    delete.locator("button[type=submit]").click()
+    expect(page).to_have_url(before)
+    assert delete.locator("input[name=confirm_name]").evaluate("el => el.validity.valueMissing")
+    delete.locator("input[name=confirm_name]").fill("storefrontt")
+    delete.locator("button[type=submit]").click()
+    expect(page.locator("#page-error")).to_contain_text("type the project name 'storefront'")
+    shot(page, "09-prod-delete-refused")
+    page.locator("#delete-project input[name=confirm_name]").fill("storefront")
+    page.locator("#delete-project button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"/projects$"))
+    expect(page.locator("#project-list")).to_have_count(0)

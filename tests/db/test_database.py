@@ -1,0 +1,66 @@
+"""shared.db: transactions as a signed-in user run under RLS, as the service they see everything,
+and database errors arrive as the project's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared import apikeys, projects
+from shared.db import Database
+from shared.errors import InvalidEnvironment, NotFound, PermissionDenied
+from shared.keys import KeyKind
+from tests.conftest import MakeUser
+
+
+async def test_users_see_their_own_projects_only(db: Database, make_user: MakeUser) -> None:
+    alice, bob = await make_user("alice@example.com"), await make_user("bob@example.com")
+    async with db.as_user(alice.id) as conn:
+        mine = await projects.create_project(conn, name="alice's", environment="dev")
+    async with db.as_user(bob.id) as conn:
+        await projects.create_project(conn, name="bob's")
+        assert [p.name for p in await projects.list_projects(conn)] == ["bob's"]
+        with pytest.raises(NotFound):
+            await projects.get_project(conn, mine.id)
+    async with db.as_service() as conn:
+        assert {p.name for p in await projects.list_projects(conn)} == {"alice's", "bob's"}
+    assert mine.owner_id == alice.id
+
+
+async def test_role_and_claims_do_not_outlive_the_transaction(
+    db: Database, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice@example.com")
+    async with db.as_user(alice.id) as conn:
+        cur = await conn.execute("select current_user as role, auth.uid() as uid")
+        assert await cur.fetchone() == {"role": "authenticated", "uid": alice.id}
+    async with db.pool.connection() as conn:
+        cur = await conn.execute("select current_user as role, auth.uid() as uid")
+        row = await cur.fetchone()
+        assert row is not None
+        assert row["role"] != "authenticated"
+        assert row["uid"] is None
+
+
+async def test_a_user_cannot_create_a_key_in_someone_elses_project(
+    db: Database, make_user: MakeUser
+) -> None:
+    alice, bob = await make_user("alice@example.com"), await make_user("bob@example.com")
+    async with db.as_user(alice.id) as conn:
+        project = await projects.create_project(conn, name="alice's")
+    with pytest.raises(NotFound):
+        async with db.as_user(bob.id) as conn:
+            await apikeys.create_key(conn, project.id, KeyKind.SECRET)
+    with pytest.raises(PermissionDenied):
+        async with db.as_user(alice.id) as conn:
+            await conn.execute("select key_hash from public.api_keys")
+
+
+async def test_invalid_environment_is_refused_before_the_database(
+    db: Database, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice@example.com")
+    with pytest.raises(InvalidEnvironment, match="'production'"):
+        async with db.as_user(alice.id) as conn:
+            await projects.create_project(conn, name="x", environment="production")
+    async with db.as_service() as conn:
+        assert await projects.list_projects(conn) == []

@@ -1,0 +1,135 @@
+"""US-001 through the real Supabase CLI: a database that already holds projects is migrated, and
+its projects read prod; the environment column refuses anything but the three environments."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ops import database
+from tests import pg
+
+PRE_ENVIRONMENT = "20260101000000"
+ENVIRONMENTS = "20260201000000"
+
+
+@pytest.fixture
+def empty_database(admin_url: str) -> Iterator[str]:
+    name = pg.unique_name("parity_migrate")
+    url = pg.create_database(admin_url, name)
+    try:
+        database.bootstrap(url)
+        yield url
+    finally:
+        pg.drop_database(admin_url, name)
+
+
+def workdir_with(tmp_path: Path, versions: list[str]) -> Path:
+    """A Supabase project folder holding only the migrations whose versions are listed."""
+    migrations = tmp_path / "supabase" / "migrations"
+    migrations.mkdir(parents=True)
+    shutil.copy(database.SUPABASE_DIR / "config.toml", tmp_path / "supabase" / "config.toml")
+    for path in sorted((database.SUPABASE_DIR / "migrations").glob("*.sql")):
+        if path.name.split("_", 1)[0] in versions:
+            shutil.copy(path, migrations / path.name)
+    return tmp_path
+
+
+def all_versions() -> list[str]:
+    return sorted(
+        p.name.split("_", 1)[0] for p in (database.SUPABASE_DIR / "migrations").glob("*.sql")
+    )
+
+
+def test_existing_projects_are_migrated_to_prod(empty_database: str, tmp_path: Path) -> None:
+    output = database.push_migrations(
+        empty_database, workdir=workdir_with(tmp_path, [PRE_ENVIRONMENT])
+    )
+    assert f"Applying migration {PRE_ENVIRONMENT}" in output
+    assert database.applied_migrations(empty_database) == [PRE_ENVIRONMENT]
+
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        user = conn.execute(
+            "insert into auth.users (email) values ('old@example.com') returning id"
+        )
+        owner = user.fetchone()
+        assert owner is not None
+        old = conn.execute(
+            "insert into public.projects (owner_id, name)"
+            " select %s, 'legacy ' || n from generate_series(1, 3) n returning id",
+            (owner[0],),
+        ).fetchall()
+        conn.execute(
+            "insert into public.api_keys (project_id, kind, prefix, last_four, key_hash)"
+            " values (%s, 'sk', 'nm_sk_', 'abcd', sha256('legacy'::bytea))",
+            (old[0][0],),
+        )
+
+    output = database.push_migrations(empty_database)
+    assert f"Applying migration {ENVIRONMENTS}" in output
+    assert database.applied_migrations(empty_database) == all_versions()
+
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        environments = conn.execute(
+            "select environment::text from public.projects where id = any(%s)",
+            ([row[0] for row in old],),
+        ).fetchall()
+        assert [row[0] for row in environments] == ["prod"] * 3
+        key_env = conn.execute("select environment::text from public.api_keys").fetchall()
+        assert key_env == [("prod",)]
+        # A project inserted without an environment gets prod.
+        fresh = conn.execute(
+            "insert into public.projects (owner_id, name) values (%s, 'new')"
+            " returning environment::text",
+            (owner[0],),
+        ).fetchone()
+        assert fresh == ("prod",)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("production", psycopg.errors.InvalidTextRepresentation, 'enum environment: "production"'),
+        ("", psycopg.errors.InvalidTextRepresentation, 'enum environment: ""'),
+        (None, psycopg.errors.NotNullViolation, 'column "environment"'),
+    ],
+)
+def test_invalid_environments_are_rejected(
+    database_url: str, value: str | None, error: type[Exception], message: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        owner = conn.execute("insert into auth.users (email) values ('a@b.c') returning id")
+        row = owner.fetchone()
+        assert row is not None
+        with pytest.raises(error, match=message):
+            conn.execute(
+                "insert into public.projects (owner_id, name, environment) values (%s, 'x', %s)",
+                (row[0], value),
+            )
+        assert conn.execute("select count(*) from public.projects").fetchone() == (0,)
+        conn.execute(
+            "insert into public.projects (owner_id, name, environment) values (%s, 'ok', 'dev')",
+            (row[0],),
+        )
+        with pytest.raises(error, match=message):
+            conn.execute("update public.projects set environment = %s", (value,))
+        assert conn.execute("select environment::text from public.projects").fetchall() == [
+            ("dev",)
+        ]
+
+
+def test_second_push_applies_nothing_and_list_shows_everything(database_url: str) -> None:
+    before = database.applied_migrations(database_url)
+    output = database.push_migrations(database_url)
+    assert "Remote database is up to date" in output
+    assert "Applying migration" not in output
+    assert database.applied_migrations(database_url) == before == all_versions()
+
+    listing = database.list_migrations(database_url)
+    for version in all_versions():
+        # Each row shows the version on both sides: local and applied remotely.
+        assert listing.count(version) >= 2, listing
