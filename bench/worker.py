@@ -61,7 +61,7 @@ def bench_database(prefix: str) -> Iterator[str]:
 @contextmanager
 def fast_receiver() -> Iterator[str]:
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "bench.receiver"], cwd=REPO_ROOT, stdout=subprocess.PIPE
+        [sys.executable, "-m", "bench._receiver"], cwd=REPO_ROOT, stdout=subprocess.PIPE
     )
     try:
         assert receiver.stdout is not None

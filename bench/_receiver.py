@@ -1,5 +1,6 @@
-"""A fast webhook receiver for benchmarks: a raw ASGI app on uvicorn (uvloop, httptools) that
-answers 204 to every POST. It binds a free loopback port and prints it on its first line."""
+"""A fast webhook receiver for the worker benchmark (a helper, not a benchmark: the leading
+underscore keeps `python -m bench` from running it). A raw ASGI app on uvicorn (uvloop,
+httptools) answers 204 to every POST; it binds a free loopback port and prints it first."""
 
 from __future__ import annotations
 
