@@ -115,7 +115,9 @@ async def suspend_many(
     first = {v.project_id: v for v in by_latest}
     if not first:
         return []
-    chosen = list(first.values())
+    # In project order: concurrent sweepers then take the unique index's locks in the same order
+    # and cannot deadlock on them.
+    chosen = sorted(first.values(), key=lambda v: v.project_id)
     cur = await conn.execute(
         "insert into public.suspensions (project_id, reason, requests, request_cap, window_start)"
         " select project_id, %s, requests, request_cap, window_start"

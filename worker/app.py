@@ -15,11 +15,12 @@ from typing import Any
 from loguru import logger
 
 from shared.db import Database
-from shared.errors import DatabaseUnavailable
+from shared.errors import DatabaseUnavailable, ParityError
 from shared.settings import PlatformSettings
 from worker import autosuspend, heartbeat
 from worker.autosuspend import SweepResult
 from worker.dispatcher import Dispatcher, wait_any
+from worker.errors import is_transient
 from worker.listener import listen
 from worker.retry import build_policies
 from worker.sender import Sender
@@ -143,8 +144,10 @@ class Worker:
         while not stop.is_set():
             try:
                 self.swept = self.swept + await sweep(db, self.settings)
-            except DatabaseUnavailable as exc:
-                logger.warning("auto-suspend sweep failed, database unavailable: {}", exc)
+            except ParityError as exc:
+                if not is_transient(exc):
+                    raise
+                logger.warning("auto-suspend sweep failed ({}); trying again later", exc)
             await wait_any(stop, seconds=self.settings.sweep_interval_seconds)
 
     async def _heartbeat_loop(

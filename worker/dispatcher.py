@@ -19,8 +19,9 @@ from loguru import logger
 
 from shared.db import Database
 from shared.environment import Environment
-from shared.errors import DatabaseUnavailable
+from shared.errors import DatabaseUnavailable, ParityError
 from worker import queue
+from worker.errors import is_transient
 from worker.queue import AttemptResult, ClaimedDelivery, Outcome
 from worker.retry import RetryPolicy
 from worker.sender import Response, Sender, webhook_body
@@ -179,8 +180,10 @@ class Dispatcher:
                 await queue.cancel_claimed(
                     conn, disabled, worker_id=self._worker_id, reason=DISABLED_REASON
                 )
-        except DatabaseUnavailable as exc:
-            logger.warning("claim failed, database unavailable: {}", exc)
+        except ParityError as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("claim failed ({}); trying again", exc)
             await asyncio.sleep(self._retry_pause)
             return 0
         self.stats.claimed += len(claimed)
@@ -244,7 +247,10 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self._results = batch + self._results  # still to record by whoever flushes next
                 raise
-            except DatabaseUnavailable as exc:
+            except ParityError as exc:
+                if not is_transient(exc):
+                    self._results = batch + self._results
+                    raise
                 logger.warning("recording {} attempts failed: {}; retrying", len(batch), exc)
                 self._results = batch + self._results
                 await asyncio.sleep(self._retry_pause)
@@ -287,10 +293,15 @@ class Dispatcher:
         self._results_ready.set()
         try:
             async with asyncio.timeout(max(grace, 5.0)):
-                await asyncio.gather(recorder)
+                # The recorder's own failure, if any, was raised by the claim loop already.
+                await asyncio.gather(recorder, return_exceptions=True)
                 await self._flush()
-        except TimeoutError:
-            logger.error("could not record {} attempts before stopping", len(self._results))
+        except (TimeoutError, ParityError) as exc:
+            logger.error(
+                "could not record {} attempts before stopping ({!r}); they will be sent again",
+                len(self._results),
+                exc,
+            )
         await self._release(interrupted)
         logger.info(
             "dispatcher stopped: {} claimed, {} recorded, {} released",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
+from shared.db import Database
 from shared.environment import Environment, get_environment_config
+from shared.errors import DatabaseUnavailable, ParityError
+from worker.errors import is_transient
 from worker.retry import build_policy
 from worker.sender import parse_retry_after, refusal
 from worker.settings import WorkerSettings
@@ -105,3 +109,32 @@ def test_jitter_spreads_retries_within_its_bound() -> None:
     delays = {policy.decide(1).delay_seconds for _ in range(50)}
     assert all(10 <= d <= 12 for d in delays)
     assert len(delays) > 1
+
+
+async def test_deadlocks_and_outages_are_transient_other_errors_are_not(db: Database) -> None:
+    async with db.as_service() as conn:
+        await conn.execute("set role postgres")
+        await conn.execute("create table public.pair (id int primary key)")
+        await conn.execute("insert into public.pair values (1), (2)")
+        await conn.execute("grant update, select on public.pair to service_role")
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+
+    async def lock(first: int, second: int, mine: asyncio.Event, theirs: asyncio.Event) -> None:
+        async with db.as_service() as conn:
+            await conn.execute("update public.pair set id = id where id = %s", (first,))
+            mine.set()
+            await theirs.wait()
+            await conn.execute("update public.pair set id = id where id = %s", (second,))
+
+    outcomes = await asyncio.gather(
+        lock(1, 2, first_locked, second_locked),
+        lock(2, 1, second_locked, first_locked),
+        return_exceptions=True,
+    )
+    [deadlock] = [o for o in outcomes if isinstance(o, ParityError)]
+    assert is_transient(deadlock)
+    assert is_transient(DatabaseUnavailable("gone"))
+    with pytest.raises(ParityError) as missing:
+        async with db.as_service() as conn:
+            await conn.execute("select * from public.no_such_table")
+    assert not is_transient(missing.value)
