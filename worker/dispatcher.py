@@ -292,7 +292,7 @@ class Dispatcher:
         self._closing = True
         self._results_ready.set()
         try:
-            async with asyncio.timeout(max(grace, 5.0)):
+            async with asyncio.timeout(5.0):
                 # The recorder's own failure, if any, was raised by the claim loop already.
                 await asyncio.gather(recorder, return_exceptions=True)
                 await self._flush()
