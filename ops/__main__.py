@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ops import database, keys_cmd, up
+from ops import database, keys_cmd, up, worker_cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
     keys_cmd.register(commands)
+    worker_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(database.push_migrations(args.url))
         print(database.list_migrations(args.url))
         return 0
+    if args.command in {"suspensions", "deliveries"}:
+        return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

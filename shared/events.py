@@ -4,7 +4,7 @@ wakes the worker with a notification on channel `webhook_deliveries`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -27,3 +27,20 @@ async def emit(
     assert row is not None
     event_id: UUID = row["id"]
     return event_id
+
+
+async def emit_many(
+    conn: Connection, events: Sequence[tuple[UUID, str, Mapping[str, Any]]]
+) -> None:
+    """Record several `(project_id, event_type, payload)` events in the caller's transaction, in
+    one statement (a sweep may raise a thousand at once)."""
+    if events:
+        await conn.execute(
+            "insert into public.events (project_id, type, payload)"
+            " select * from unnest(%s::uuid[], %s::text[], %s::jsonb[])",
+            (
+                [project_id for project_id, _, _ in events],
+                [type_ for _, type_, _ in events],
+                [Jsonb(dict(payload)) for _, _, payload in events],
+            ),
+        )

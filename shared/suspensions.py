@@ -6,6 +6,7 @@ project's status, the suspension row and the events outbox in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -90,3 +91,71 @@ async def lift(
         },
     )
     return lifted
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A project past its hard cap in one cap window, as the auto-suspend sweep found it."""
+
+    project_id: UUID
+    window_start: datetime
+    requests: int
+    request_cap: int
+
+
+async def suspend_many(
+    conn: Connection, violations: Sequence[Violation], *, reason: str
+) -> list[Suspension]:
+    """Suspend the projects of `violations`: a suspension row, the project's status and a
+    `project.suspended` event each, inside the caller's transaction. A project that already has an
+    open suspension is left as it is (the unique index `suspensions_one_open_per_project` decides,
+    so concurrent sweepers cannot suspend twice). Returns the suspensions created."""
+    # One per project, its earliest window (later assignments win, so go latest first).
+    by_latest = sorted(violations, key=lambda v: v.window_start, reverse=True)
+    first = {v.project_id: v for v in by_latest}
+    if not first:
+        return []
+    # In project order: concurrent sweepers then take the unique index's locks in the same order
+    # and cannot deadlock on them.
+    chosen = sorted(first.values(), key=lambda v: v.project_id)
+    cur = await conn.execute(
+        "insert into public.suspensions (project_id, reason, requests, request_cap, window_start)"
+        " select project_id, %s, requests, request_cap, window_start"
+        " from unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::timestamptz[])"
+        " as v(project_id, requests, request_cap, window_start)"
+        " on conflict (project_id) where lifted_at is null do nothing"
+        f" returning {_COLUMNS}",
+        (
+            reason,
+            [v.project_id for v in chosen],
+            [v.requests for v in chosen],
+            [v.request_cap for v in chosen],
+            [v.window_start for v in chosen],
+        ),
+    )
+    created = [Suspension.from_row(row) for row in await cur.fetchall()]
+    if not created:
+        return []
+    await conn.execute(
+        "update public.projects set status = 'suspended' where id = any(%s)",
+        ([s.project_id for s in created],),
+    )
+    await events.emit_many(
+        conn,
+        [
+            (
+                s.project_id,
+                "project.suspended",
+                {
+                    "project_id": str(s.project_id),
+                    "suspension_id": str(s.id),
+                    "reason": s.reason,
+                    "requests": s.requests,
+                    "request_cap": s.request_cap,
+                    "window_start": s.window_start.isoformat() if s.window_start else None,
+                },
+            )
+            for s in created
+        ],
+    )
+    return created

@@ -1,0 +1,296 @@
+"""US-007: webhook delivery with per-environment retries, against a real receiver on loopback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+from shared import deliveries
+from shared.db import Database
+from tests.worker.conftest import (
+    MakeProject,
+    Receiver,
+    add_endpoint,
+    always,
+    attempt_rows,
+    delivery_row,
+    delivery_status,
+    drain,
+    emit_events,
+    eventually,
+    running_worker,
+    serving,
+    webhook_project,
+)
+from worker import queue
+
+
+async def test_a_delivery_is_signed_sent_once_and_logged(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, _ = await webhook_project(db, make_project, receiver, "staging")
+    [delivery_id] = await emit_events(db, project)
+
+    await drain(database_url)
+
+    assert receiver.bad_signatures == []
+    [got] = receiver.received
+    assert got.webhook_id == str(delivery_id)
+    assert got.body["type"] == "test.ping"
+    assert got.body["project_id"] == str(project)
+    assert got.body["environment"] == "staging"
+    assert got.body["data"] == {"n": 1}
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("succeeded", 1, 200)
+    assert row["leased_by"] is None and row["completed_at"] is not None
+    [attempt] = await attempt_rows(db, delivery_id)
+    assert (attempt["attempt_number"], attempt["status_code"]) == (1, 200)
+    assert attempt["response_body"] == "answer 200"
+    assert attempt["error"] is None
+
+
+async def retry_until_final(
+    db: Database, database_url: str, make_project: MakeProject, environment: str, status: int
+) -> tuple[Receiver, dict[str, object], list[dict[str, object]]]:
+    async with serving(Receiver(respond=always(status))) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, environment)
+        [delivery_id] = await emit_events(db, project)
+
+        async def final() -> bool:
+            return await delivery_status(db, delivery_id) != "pending"
+
+        async with running_worker(database_url):
+            await eventually(final, what=f"{environment} delivery leaving pending")
+        return receiver, await delivery_row(db, delivery_id), await attempt_rows(db, delivery_id)
+
+
+async def test_prod_makes_exactly_four_attempts_then_exhausts(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    receiver, row, attempts = await retry_until_final(db, database_url, make_project, "prod", 500)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("exhausted", 4, 500)
+    assert [a["attempt_number"] for a in attempts] == [1, 2, 3, 4]
+    assert all(a["status_code"] == 500 for a in attempts)
+    assert all(a["error"] == "the receiver answered 500" for a in attempts)
+    assert len(receiver.received) == 4
+    assert {r.webhook_id for r in receiver.received} == {str(row["id"])}
+    assert len({r.raw for r in receiver.received}) == 1  # the same bytes every time
+    assert receiver.bad_signatures == []
+
+
+async def test_staging_makes_exactly_six_attempts_then_exhausts(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    receiver, row, attempts = await retry_until_final(
+        db, database_url, make_project, "staging", 503
+    )
+    assert (row["status"], row["attempts"]) == ("exhausted", 6)
+    assert len(attempts) == len(receiver.received) == 6
+    assert receiver.bad_signatures == []
+
+
+async def test_dev_retries_past_twenty_attempts_and_succeeds_when_the_receiver_recovers(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    def recovers_after_25(receiver: Receiver, _: object) -> tuple[int, dict[str, str]]:
+        return (500 if len(receiver.received) <= 25 else 200), {}
+
+    async with serving(Receiver(respond=recovers_after_25)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "dev")
+        [delivery_id] = await emit_events(db, project)
+
+        async def succeeded() -> bool:
+            return await delivery_status(db, delivery_id) == "succeeded"
+
+        async with running_worker(database_url):
+            await eventually(succeeded, what="dev delivery succeeding")
+
+    row = await delivery_row(db, delivery_id)
+    assert row["attempts"] == 26
+    attempts = await attempt_rows(db, delivery_id)
+    assert [a["attempt_number"] for a in attempts] == list(range(1, 27))
+    assert [a["status_code"] for a in attempts] == [500] * 25 + [200]
+    assert receiver.bad_signatures == []
+    assert {r.webhook_id for r in receiver.received} == {str(delivery_id)}
+
+
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    receiver.respond = lambda r, _: (302, {"location": "http://example.com/elsewhere"})
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    [delivery_id] = await emit_events(db, project)
+
+    await drain(database_url, retry_wait_base_seconds=60)
+
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 302)
+    assert "redirect to 'http://example.com/elsewhere' not followed" in row["last_error"]
+    assert len(receiver.received) == 1
+
+
+async def test_410_disables_the_endpoint_and_cancels_its_pending_deliveries(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    receiver.respond = always(410)
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+    ids = await emit_events(db, project, 5)
+
+    await drain(database_url, concurrency=1, batch_size=1)
+
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select enabled, disabled_reason from public.webhook_endpoints where id = %s",
+            (endpoint,),
+        )
+        endpoint_row = await cur.fetchone()
+    assert endpoint_row == {"enabled": False, "disabled_reason": "the receiver answered 410 Gone"}
+    rows = [await delivery_row(db, i) for i in ids]
+    assert {r["status"] for r in rows} == {"cancelled"}
+    assert sum(r["attempts"] for r in rows) == len(receiver.received) == 1
+    # New events no longer fan out to the disabled endpoint.
+    assert len(await emit_events(db, project)) == 5
+
+
+async def test_retry_after_is_honoured_within_bounds(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    receiver.respond = lambda r, _: (429, {"retry-after": "120"})
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    [first] = await emit_events(db, project)
+
+    await drain(database_url, retry_after_max_seconds=30)
+
+    row = await delivery_row(db, first)
+    [attempt] = await attempt_rows(db, first)
+    wait = row["next_attempt_at"] - attempt["started_at"]
+    # Asked for 120 s, bounded to 30 s; far above the policy's own 0.01 s.
+    assert timedelta(seconds=29) < wait < timedelta(seconds=35)
+
+
+async def test_private_targets_are_refused_unless_allowed(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    [delivery_id] = await emit_events(db, project)
+
+    await drain(database_url, allow_private_targets=False, retry_wait_base_seconds=60)
+
+    assert receiver.received == []
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, None)
+    assert "127.0.0.1 is a loopback address" in row["last_error"]
+    assert "WORKER_ALLOW_PRIVATE_TARGETS" in row["last_error"]
+
+
+async def test_a_hostname_resolving_to_loopback_is_refused(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project = await make_project("prod")
+    receiver.url = receiver.url.replace("127.0.0.1", "localhost")
+    await add_endpoint(db, project, receiver)
+    [delivery_id] = await emit_events(db, project)
+
+    await drain(database_url, allow_private_targets=False, retry_wait_base_seconds=60)
+
+    assert receiver.received == []
+    row = await delivery_row(db, delivery_id)
+    assert "target localhost refused" in row["last_error"]
+    assert "loopback address" in row["last_error"]
+
+
+async def test_an_exhausted_delivery_redelivered_gets_a_fresh_retry_budget(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    async with serving(Receiver(respond=always(500))) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        [delivery_id] = await emit_events(db, project)
+
+        async def status_is(expected: str) -> bool:
+            return await delivery_status(db, delivery_id) == expected
+
+        async with running_worker(database_url):
+            await eventually(lambda: status_is("exhausted"), what="first exhaustion")
+            async with db.as_service() as conn:
+                redelivered = await deliveries.redeliver(conn, delivery_id)
+            assert (redelivered.status, redelivered.retry_base) == ("pending", 4)
+            await eventually(lambda: status_is("exhausted"), what="second exhaustion")
+
+    row = await delivery_row(db, delivery_id)
+    assert (row["attempts"], row["retry_base"]) == (8, 4)
+    assert [a["attempt_number"] for a in await attempt_rows(db, delivery_id)] == list(range(1, 9))
+    assert {r.webhook_id for r in receiver.received} == {str(delivery_id)}
+
+
+async def test_a_worker_that_lost_its_lease_records_nothing(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    [delivery_id] = await emit_events(db, project)
+    async with db.as_service() as conn:
+        [claimed] = await queue.claim(conn, worker_id="a", limit=10, lease_seconds=0.001)
+    async with db.as_service() as conn:  # the lease has passed: b claims it again
+        [again] = await queue.claim(conn, worker_id="b", limit=10, lease_seconds=60)
+        assert again.id == claimed.id
+        assert await queue.claim(conn, worker_id="c", limit=10, lease_seconds=60) == []
+
+    def result(outcome: queue.Outcome) -> queue.AttemptResult:
+        return queue.AttemptResult(
+            delivery_id=delivery_id,
+            endpoint_id=claimed.endpoint_id,
+            attempt_number=1,
+            outcome=outcome,
+            delay_seconds=0,
+            started_at=datetime.now(UTC),
+            duration_ms=1,
+            status_code=200 if outcome == "succeeded" else 500,
+            response_body="",
+            error=None,
+        )
+
+    async with db.as_service() as conn:
+        assert await queue.record(conn, [result("succeeded")], worker_id="a") == set()
+        assert await queue.record(conn, [result("pending")], worker_id="b") == {delivery_id}
+        # A replay of the same result (same attempt number) is refused by the attempt count.
+        assert await queue.record(conn, [result("succeeded")], worker_id="b") == set()
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
+    assert len(await attempt_rows(db, delivery_id)) == 1
+
+
+async def test_a_hostile_response_body_is_stored_truncated_and_cleaned(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    class NulReceiver(Receiver):
+        async def handle(self, request: web.Request) -> web.Response:
+            await super().handle(request)
+            return web.Response(status=500, body=b"bad\x00" + b"x" * 10_000)
+
+    async with serving(NulReceiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        [delivery_id] = await emit_events(db, project)
+        await drain(database_url, retry_wait_base_seconds=60, response_body_limit=100)
+
+    [attempt] = await attempt_rows(db, delivery_id)
+    assert attempt["status_code"] == 500
+    assert attempt["response_body"] == "bad\ufffd" + "x" * 96
+
+
+async def test_deliveries_of_an_endpoint_disabled_by_its_owner_are_cancelled_unsent(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, endpoint = await webhook_project(db, make_project, receiver, "dev")
+    ids = await emit_events(db, project, 3)
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_endpoints set enabled = false where id = %s", (endpoint,)
+        )
+
+    await drain(database_url)
+
+    assert receiver.received == []
+    for delivery_id in ids:
+        row = await delivery_row(db, delivery_id)
+        assert (row["status"], row["attempts"], row["leased_by"]) == ("cancelled", 0, None)
+        assert row["last_error"] == "endpoint disabled"

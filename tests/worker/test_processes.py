@@ -1,0 +1,280 @@
+"""The worker as a real process: crashes, several workers at once, lost connections, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections import Counter
+from uuid import UUID
+
+import psycopg
+
+from shared.db import Database
+from shared.settings import PlatformSettings
+from tests.worker.conftest import (
+    MakeProject,
+    Receiver,
+    delivery_row,
+    emit_events,
+    eventually,
+    refuse_inserts,
+    serving,
+    spawn,
+    start_worker_process,
+    status_counts,
+    stop_process,
+    webhook_project,
+    worker_settings,
+)
+from worker.app import Worker
+
+
+async def all_succeeded(db: Database, total: int) -> bool:
+    return (await status_counts(db)).get("succeeded", 0) == total
+
+
+async def attempt_numbers(db: Database) -> dict[str, list[int]]:
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select delivery_id::text as id, array_agg(attempt_number order by attempt_number)"
+            " as numbers from public.webhook_attempts group by delivery_id"
+        )
+        return {row["id"]: row["numbers"] for row in await cur.fetchall()}
+
+
+async def test_kill_9_mid_run_loses_nothing_and_keeps_attempt_counts(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # Every delivery fails once, then succeeds: two recorded attempts each, unless a crash cut one.
+    def fail_first(receiver: Receiver, got: object) -> tuple[int, dict[str, str]]:
+        webhook_id = receiver.received[-1].webhook_id
+        return (500 if receiver.count(webhook_id) == 1 else 200), {}
+
+    total = 200
+    async with serving(Receiver(respond=fail_first, delay=0.05)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        await emit_events(db, project, total)
+        settings = {
+            "lease_seconds": 2.0,
+            "request_timeout_seconds": 1.5,
+            "concurrency": 10,
+            "batch_size": 20,
+        }
+
+        first = start_worker_process(database_url, **settings)
+        processes.append(first)
+        await eventually(lambda: _at_least(receiver, 150), what="150 requests before the kill")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        counts_before = await attempt_numbers(db)
+        await asyncio.sleep(0.3)  # requests the dead worker had sent reach the receiver
+        arrived_before = Counter(receiver.arrived)
+
+        second = start_worker_process(database_url, **settings)
+        processes.append(second)
+        await eventually(lambda: all_succeeded(db, total), what="every delivery succeeding")
+        assert await stop_process(second) == 0
+
+    numbers = await attempt_numbers(db)
+    assert len(numbers) == total  # nothing lost
+    for delivery_id, before in counts_before.items():
+        # Attempts recorded before the kill are all still there, and counting went on after them.
+        assert numbers[delivery_id][: len(before)] == before
+    for delivery_id, recorded in numbers.items():
+        assert recorded == list(range(1, len(recorded) + 1))
+        assert recorded[-1] == (await delivery_row(db, UUID(delivery_id)))["attempts"]
+    # A request beyond the recorded attempts is one the kill interrupted (sent, its outcome not yet
+    # recorded): it came again with the same webhook-id. The worker held at most a batch of those.
+    seen = Counter(receiver.arrived)
+    duplicated = {i for i, n in seen.items() if n > len(numbers[i])}
+    in_flight_at_kill = {i for i, n in arrived_before.items() if n > len(counts_before.get(i, []))}
+    assert duplicated <= in_flight_at_kill
+    assert len(in_flight_at_kill) <= settings["batch_size"]
+    assert all(seen[i] == len(numbers[i]) + 1 for i in duplicated)
+    assert receiver.bad_signatures == []
+
+
+async def test_three_workers_deliver_each_of_2000_webhooks_exactly_once(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    total = 2_000
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "staging")
+        await emit_events(db, project, total)
+        for _ in range(3):
+            processes.append(start_worker_process(database_url, batch_size=40))
+        await eventually(lambda: all_succeeded(db, total), within=120, what="2,000 deliveries")
+        codes = [await stop_process(p) for p in processes]
+
+    assert codes == [0, 0, 0]
+    seen = Counter(r.webhook_id for r in receiver.received)
+    assert len(seen) == total
+    assert set(seen.values()) == {1}
+    assert receiver.bad_signatures == []
+
+
+async def _terminate_backends(database_url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    killed: int = row[0]
+    return killed
+
+
+async def test_terminated_connections_are_replaced_and_the_work_finishes(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    total = 400
+    async with serving(Receiver(delay=0.01)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "dev")
+        await emit_events(db, project, total)
+        # A long poll interval: after the terminations only LISTEN (reconnected) wakes the worker.
+        worker = start_worker_process(database_url, poll_interval_seconds=60, concurrency=5)
+        processes.append(worker)
+        await eventually(lambda: _at_least(receiver, 100), what="100 deliveries")
+        assert await _terminate_backends(database_url) >= 2  # pool and listener connections
+        await eventually(lambda: _at_least(receiver, 250), what="250 deliveries")
+        assert await _terminate_backends(database_url) >= 2
+        await eventually(lambda: all_succeeded(db, total), what="the first 400 deliveries")
+
+        await asyncio.sleep(0.5)  # the listener has reconnected (it retries within 0.1 s)
+        await emit_events(db, project, 10)
+        await eventually(lambda: all_succeeded(db, total + 10), within=20, what="woken by NOTIFY")
+        assert await stop_process(worker) == 0
+    assert receiver.bad_signatures == []
+    assert len({r.webhook_id for r in receiver.received}) == total + 10
+
+
+async def test_sigterm_lets_in_flight_deliveries_finish(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    async with serving(Receiver(delay=1.0)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        ids = await emit_events(db, project, 5)
+        worker = start_worker_process(database_url)
+        processes.append(worker)
+        await eventually(lambda: _arrived(receiver, 5), what="5 requests in flight")
+        assert await stop_process(worker) == 0
+    for delivery_id in ids:
+        row = await delivery_row(db, delivery_id)
+        assert (row["status"], row["attempts"], row["leased_by"]) == ("succeeded", 1, None)
+
+
+async def test_sigterm_past_the_grace_releases_in_flight_deliveries(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    async with serving(Receiver(delay=3.0)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        ids = await emit_events(db, project, 3)
+        worker = start_worker_process(database_url, shutdown_grace_seconds=0.2)
+        processes.append(worker)
+        await eventually(lambda: _arrived(receiver, 3), what="3 requests in flight")
+        assert await stop_process(worker, within=10) == 0
+    for delivery_id in ids:
+        row = await delivery_row(db, delivery_id)
+        # Released, not lost: due again at once for the next worker, no attempt counted.
+        assert (row["status"], row["attempts"], row["leased_by"]) == ("pending", 0, None)
+        assert row["lease_expires_at"] is None
+
+
+async def test_check_reports_a_fresh_heartbeat_only_while_a_worker_runs(
+    database_url: str, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    assert await _check(database_url) == 1
+    worker = start_worker_process(database_url)
+    processes.append(worker)
+
+    async def healthy() -> bool:
+        return await _check(database_url) == 0
+
+    await eventually(healthy, what="a fresh heartbeat")
+    assert await stop_process(worker) == 0
+    assert await _check(database_url) == 1  # a clean stop removes its heartbeat
+
+
+async def test_a_dead_task_stops_the_worker_loudly(db: Database, database_url: str) -> None:
+    worker = await spawn(database_url, "-m", "worker", stderr=asyncio.subprocess.PIPE)
+    try:
+        async with db.as_service() as conn:
+            await conn.execute("set role postgres")
+            # The sweeper cannot work without its table: a bug, not an outage.
+            await conn.execute("alter table public.usage_counters rename to usage_counters_gone")
+        _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 1
+    assert "task sweeper stopped unexpectedly" in stderr.decode()
+
+
+async def test_drain_delivers_and_sweeps_what_is_due_then_exits(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        await emit_events(db, project, 20)
+        drain = await spawn(database_url, "-m", "worker", "--drain")
+        assert await asyncio.wait_for(drain.wait(), 60) == 0
+    assert (await status_counts(db)) == {"succeeded": 20}
+    assert len(receiver.received) == 20
+
+
+async def _check(database_url: str) -> int:
+    check = await spawn(database_url, "-m", "worker", "--check", stdout=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(check.wait(), 30)
+
+
+async def _at_least(receiver: Receiver, count: int) -> bool:
+    return len(receiver.received) >= count
+
+
+async def _arrived(receiver: Receiver, count: int) -> bool:
+    return len(receiver.arrived) >= count
+
+
+async def test_a_dead_recorder_stops_the_worker_instead_of_hanging(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        # Recording attempts fails for good (a bug, not an outage): the recorder dies.
+        await refuse_inserts(db, "webhook_attempts")
+        await emit_events(db, project, 60)
+        worker = Worker(PlatformSettings(database_url=database_url), worker_settings(batch_size=10))
+        assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
+    assert (await status_counts(db)) == {"pending": 60}
+
+
+async def test_bad_settings_are_refused_with_a_clear_error(database_url: str) -> None:
+    worker = await spawn(
+        database_url,
+        "-m",
+        "worker",
+        settings={"concurrency": 0},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    assert worker.returncode == 2
+    assert "invalid settings" in stderr.decode()
+    assert "concurrency" in stderr.decode()

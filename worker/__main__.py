@@ -1,0 +1,62 @@
+"""`python -m worker`: auto-suspend sweeps and webhook delivery, until SIGTERM or SIGINT.
+
+`--drain` processes what is due now and exits; `--check` exits 0 when a worker's heartbeat is fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import uvloop
+from loguru import logger
+from pydantic import ValidationError
+
+from shared.logging import configure_logging
+from shared.settings import PlatformSettings
+from worker.app import Worker, check
+from worker.settings import WorkerSettings
+
+
+async def _run(worker: Worker, *, drain: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    return await worker.run(stop, drain=drain)
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    if stop.is_set():
+        logger.warning("second {}: exiting at once", signal.Signals(signum).name)
+        sys.exit(130)
+    logger.info("{}: stopping gracefully", signal.Signals(signum).name)
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--drain", action="store_true", help="process what is due, then exit")
+    mode.add_argument("--check", action="store_true", help="exit 0 if a worker heartbeat is fresh")
+    args = parser.parse_args(argv)
+
+    try:
+        platform = PlatformSettings()
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        parser.error(f"invalid settings (environment variables): {exc}")
+    configure_logging(level=settings.log_level, log_format=platform.log_format, process="worker")
+    if not platform.database_url:
+        parser.error("DATABASE_URL is not set")
+    # uvloop: the dispatcher spends most of its time in socket I/O, where it is markedly faster.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if args.check:
+            return runner.run(check(platform, settings))
+        return runner.run(_run(Worker(platform, settings), drain=args.drain))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

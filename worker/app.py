@@ -1,0 +1,187 @@
+"""The worker process: named tasks (sweeper, dispatcher, heartbeat, listener) and a monitor that
+stops the process loudly if one of them dies, rather than limping on without it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+
+from shared.db import Database
+from shared.errors import DatabaseUnavailable, ParityError
+from shared.settings import PlatformSettings
+from worker import autosuspend, heartbeat
+from worker.autosuspend import SweepResult
+from worker.dispatcher import Dispatcher, wait_any
+from worker.errors import is_transient
+from worker.listener import listen
+from worker.retry import build_policies
+from worker.sender import Sender
+from worker.settings import WorkerSettings
+
+EXIT_OK = 0
+EXIT_TASK_DIED = 1
+
+
+async def sweep(db: Database, settings: WorkerSettings) -> SweepResult:
+    """Sweep every unhandled violator, batch by batch (each batch one transaction)."""
+    total = SweepResult(0, 0, 0)
+    while True:
+        async with db.as_service() as conn:
+            result = await autosuspend.sweep_batch(conn, limit=settings.sweep_batch_size)
+        if result.violators:
+            logger.info(
+                "auto-suspend: {} over cap, {} suspended, {} warned",
+                result.violators,
+                result.suspended,
+                result.warned,
+            )
+        total = total + result
+        if result.violators < settings.sweep_batch_size:
+            return total
+
+
+class Worker:
+    """One worker process's work, runnable in-process (tests) or from `python -m worker`."""
+
+    def __init__(self, platform: PlatformSettings, settings: WorkerSettings) -> None:
+        if not platform.database_url:
+            raise ValueError("DATABASE_URL is not set: the worker needs the platform's database")
+        self.platform = platform
+        self.settings = settings
+        self.worker_id = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.started_at = datetime.now(UTC)
+        self.swept = SweepResult(0, 0, 0)
+        """Totals of every sweep so far, for the heartbeat."""
+
+    def _database(self) -> Database:
+        return Database(
+            self.platform.database_url,
+            min_size=max(1, self.platform.db_pool_min_size),
+            max_size=max(4, self.platform.db_pool_max_size),
+            name=f"worker-{self.worker_id}",
+        )
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> int:
+        """Work until `stop` is set (or, with `drain`, until nothing is due); an exit code."""
+        async with self._database() as db, Sender(self.settings) as sender:
+            wake = asyncio.Event()
+            dispatcher = Dispatcher(
+                db,
+                self.settings,
+                sender,
+                build_policies(self.settings),
+                worker_id=self.worker_id,
+                wake=wake,
+            )
+            if drain:
+                await sweep(db, self.settings)
+                await dispatcher.run(stop, drain=True)
+                return EXIT_OK
+            return await self._supervise(db, dispatcher, wake, stop)
+
+    async def _supervise(
+        self, db: Database, dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event
+    ) -> int:
+        coroutines: dict[str, Coroutine[Any, Any, None]] = {
+            "sweeper": self._sweep_loop(db, stop),
+            "dispatcher": dispatcher.run(stop),
+            "heartbeat": self._heartbeat_loop(db, dispatcher, stop),
+            "listener": listen(
+                self.platform.database_url,
+                wake,
+                reconnect_max_seconds=self.settings.listen_reconnect_max_seconds,
+            ),
+        }
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in coroutines.items()]
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        logger.info("worker {} started: {}", self.worker_id, ", ".join(coroutines))
+        exit_code = EXIT_OK
+        try:
+            done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = None if task.cancelled() else task.exception()
+                if task is stopping or (exc is None and stop.is_set()):
+                    continue  # the loops return by themselves once stop is set
+                # No task ends on its own while the worker runs: this one died.
+                logger.opt(exception=exc).critical(
+                    "task {} stopped unexpectedly ({}); stopping the worker",
+                    task.get_name(),
+                    repr(exc) if exc else "returned",
+                )
+                exit_code = EXIT_TASK_DIED
+            stop.set()
+        finally:
+            stopping.cancel()
+            await self._stop_tasks(tasks)
+            with contextlib.suppress(DatabaseUnavailable, TimeoutError):
+                async with asyncio.timeout(5.0), db.as_service() as conn:
+                    await heartbeat.forget(conn, self.worker_id)
+        logger.info("worker {} stopped", self.worker_id)
+        return exit_code
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
+        """The dispatcher stops itself on the stop event (finishing or releasing its in-flight
+        deliveries); the other tasks hold nothing and are cancelled."""
+        for task in tasks:
+            if task.get_name() != "dispatcher":
+                task.cancel()
+        bound = self.settings.shutdown_grace_seconds + 10.0
+        _, pending = await asyncio.wait(tasks, timeout=bound)
+        for task in pending:
+            logger.error("task {} did not stop within {:g} s", task.get_name(), bound)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sweep_loop(self, db: Database, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.swept = self.swept + await sweep(db, self.settings)
+            except ParityError as exc:
+                if not is_transient(exc):
+                    raise
+                logger.warning("auto-suspend sweep failed ({}); trying again later", exc)
+            await wait_any(stop, seconds=self.settings.sweep_interval_seconds)
+
+    async def _heartbeat_loop(
+        self, db: Database, dispatcher: Dispatcher, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            try:
+                async with db.as_service() as conn:
+                    await heartbeat.beat(
+                        conn,
+                        worker_id=self.worker_id,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=self.started_at,
+                        tasks={
+                            "dispatcher": dispatcher.stats.as_dict(),
+                            "sweeper": dataclasses.asdict(self.swept),
+                        },
+                    )
+            except DatabaseUnavailable as exc:
+                logger.warning("heartbeat failed, database unavailable: {}", exc)
+            await wait_any(stop, seconds=self.settings.heartbeat_interval_seconds)
+
+
+async def check(platform: PlatformSettings, settings: WorkerSettings) -> int:
+    """Exit 0 when some worker's heartbeat is fresh, 1 otherwise; print what was found."""
+    max_age = settings.heartbeat_max_age_seconds
+    async with (
+        Database(platform.database_url, min_size=1, max_size=1) as db,
+        db.as_service() as conn,
+    ):
+        beats = await heartbeat.fresh(conn, max_age_seconds=max_age)
+    for beat in beats:
+        print(f"{beat.worker_id} (pid {beat.pid} on {beat.hostname}): beat at {beat.beat_at}")
+    if not beats:
+        print(f"no worker heartbeat in the last {settings.heartbeat_max_age_seconds:g} s")
+    return EXIT_OK if beats else EXIT_TASK_DIED

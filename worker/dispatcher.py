@@ -1,0 +1,323 @@
+"""Webhook dispatch: claim due deliveries, send them with bounded concurrency, record the results.
+
+Three parts run side by side: the claim loop keeps up to `batch_size` deliveries leased (claiming
+again when half have been recorded), `concurrency` senders take them from an in-memory queue and
+make one attempt each, and the recorder writes finished attempts in batches (one statement per
+batch). Waiting is "a notification, the poll timer, room for more, or stop", whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from uuid import UUID
+
+from loguru import logger
+
+from shared.db import Database
+from shared.environment import Environment
+from shared.errors import DatabaseUnavailable, ParityError
+from worker import queue
+from worker.errors import is_transient
+from worker.queue import AttemptResult, ClaimedDelivery, Outcome
+from worker.retry import RetryPolicy
+from worker.sender import Response, Sender, webhook_body
+from worker.settings import WorkerSettings
+
+DISABLED_REASON = "endpoint disabled"
+
+
+@dataclass
+class DispatchStats:
+    """Counters for the heartbeat and the logs."""
+
+    claimed: int = 0
+    recorded: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    lost_leases: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def classify(delivery: ClaimedDelivery, response: Response, policy: RetryPolicy) -> AttemptResult:
+    """The result of one attempt: 2xx succeeds, 410 cancels (and disables the endpoint), anything
+    else fails and the environment's retry policy says when to try again, if ever."""
+    attempt_number = delivery.attempts + 1
+    outcome: Outcome
+    delay = 0.0
+    gone = response.status_code == 410
+    if response.ok:
+        outcome = "succeeded"
+    elif gone:
+        outcome = "cancelled"
+    else:
+        decision = policy.decide(
+            attempt_number - delivery.retry_base, retry_after=response.retry_after
+        )
+        outcome = "exhausted" if decision.give_up else "pending"
+        delay = decision.delay_seconds
+    error = response.error
+    if error is None and not response.ok:
+        error = f"the receiver answered {response.status_code}"
+    return AttemptResult(
+        delivery_id=delivery.id,
+        endpoint_id=delivery.endpoint_id,
+        attempt_number=attempt_number,
+        outcome=outcome,
+        delay_seconds=delay,
+        started_at=response.started_at,
+        duration_ms=response.duration_ms,
+        status_code=response.status_code,
+        response_body=response.body,
+        error=error,
+        disables_endpoint=gone,
+    )
+
+
+async def wait_any(*events: asyncio.Event, seconds: float | None = None) -> None:
+    """Return when one of `events` is set, or after `seconds`."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+class Dispatcher:
+    """Delivers webhooks for one worker process."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: WorkerSettings,
+        sender: Sender,
+        policies: dict[Environment, RetryPolicy],
+        *,
+        worker_id: str,
+        wake: asyncio.Event,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._sender = sender
+        self._policies = policies
+        self._worker_id = worker_id
+        self._wake = wake
+        self.stats = DispatchStats()
+        # After a database error: short, since the pool replaces dead connections by itself.
+        self._retry_pause = min(1.0, settings.poll_interval_seconds)
+        self._held: set[UUID] = set()  # claimed and not yet recorded or released
+        self._inflight: set[UUID] = set()
+        self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
+        self._results: list[AttemptResult] = []
+        self._results_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._closing = False
+        self._idle = asyncio.Event()  # set while no HTTP request is in flight
+        self._idle.set()
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Deliver until `stop` is set (or, with `drain`, until nothing due is left)."""
+        senders = [
+            asyncio.create_task(self._send_loop(), name=f"sender-{i}")
+            for i in range(self._settings.concurrency)
+        ]
+        recorder = asyncio.create_task(self._record_loop(), name="recorder")
+        helpers = [*senders, recorder]
+        for helper in helpers:
+            # A helper that dies wakes the claim loop, which then raises its exception.
+            helper.add_done_callback(lambda _: self._room.set())
+        try:
+            await self._claim_loop(stop, drain=drain, helpers=helpers)
+        finally:
+            await self._shut_down(senders, recorder)
+
+    # The claim loop -------------------------------------------------------------------------------
+
+    async def _claim_loop(
+        self, stop: asyncio.Event, *, drain: bool, helpers: list[asyncio.Task[None]]
+    ) -> None:
+        batch = self._settings.batch_size
+        while not stop.is_set():
+            for helper in helpers:
+                if helper.done():  # a sender or the recorder died: surface its exception
+                    helper.result()
+                    raise RuntimeError(f"{helper.get_name()} stopped")
+            room = batch - len(self._held)
+            self._room.clear()
+            if room < max(1, batch // 2) and self._held:
+                await wait_any(self._room, stop)
+                continue
+            self._wake.clear()  # before claiming: a notification arriving meanwhile is kept
+            got = await self._claim(room)
+            if got == room:
+                continue
+            if drain and got == 0 and not self._held:
+                return
+            if drain:
+                await wait_any(self._room, stop, seconds=self._settings.poll_interval_seconds)
+            else:
+                await wait_any(
+                    self._wake, self._room, stop, seconds=self._settings.poll_interval_seconds
+                )
+
+    async def _claim(self, limit: int) -> int:
+        try:
+            async with self._db.as_service() as conn:
+                claimed = await queue.claim(
+                    conn,
+                    worker_id=self._worker_id,
+                    limit=limit,
+                    lease_seconds=self._settings.lease_seconds,
+                )
+                disabled = [d.id for d in claimed if not d.enabled]
+                await queue.cancel_claimed(
+                    conn, disabled, worker_id=self._worker_id, reason=DISABLED_REASON
+                )
+        except ParityError as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("claim failed ({}); trying again", exc)
+            await asyncio.sleep(self._retry_pause)
+            return 0
+        self.stats.claimed += len(claimed)
+        for delivery in claimed:
+            if delivery.enabled:
+                self._held.add(delivery.id)
+                self._todo.put_nowait((delivery, webhook_body(delivery)))
+        return len(claimed)
+
+    # Senders --------------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            delivery, body = await self._todo.get()
+            self._inflight.add(delivery.id)
+            self._idle.clear()
+            try:
+                response = await self._sender.send(delivery, body)
+            finally:
+                self._inflight.discard(delivery.id)
+                if not self._inflight:
+                    self._idle.set()
+            result = classify(delivery, response, self._policies[delivery.environment])
+            if result.outcome == "succeeded":
+                self.stats.succeeded += 1
+                logger.debug("delivered {} (attempt {})", delivery.id, result.attempt_number)
+            else:
+                self.stats.failed += 1
+                logger.info(
+                    "delivery {} attempt {} to endpoint {}: {} -> {}",
+                    delivery.id,
+                    result.attempt_number,
+                    delivery.endpoint_id,
+                    result.error,
+                    result.outcome,
+                )
+            self._results.append(result)
+            self._results_ready.set()
+
+    # Recorder -------------------------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        # Results are written together: one statement for many attempts costs about what one
+        # for a single attempt does, so a short wait for more to finish pays for itself.
+        interval = self._settings.record_interval_seconds
+        while not self._closing:
+            await self._results_ready.wait()
+            if interval and len(self._results) < self._settings.concurrency and not self._closing:
+                await asyncio.sleep(interval)
+            self._results_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Record every finished attempt; on a database outage keep them and try again (a lease
+        that expires meanwhile means the delivery is sent again, with the same webhook-id)."""
+        while self._results:
+            batch, self._results = self._results, []
+            try:
+                async with self._db.as_service() as conn:
+                    recorded = await queue.record(conn, batch, worker_id=self._worker_id)
+            except asyncio.CancelledError:
+                self._results = batch + self._results  # still to record by whoever flushes next
+                raise
+            except ParityError as exc:
+                if not is_transient(exc):
+                    self._results = batch + self._results
+                    raise
+                logger.warning("recording {} attempts failed: {}; retrying", len(batch), exc)
+                self._results = batch + self._results
+                await asyncio.sleep(self._retry_pause)
+                continue
+            self._forget(r.delivery_id for r in batch)
+            self.stats.recorded += len(recorded)
+            lost = len(batch) - len(recorded)
+            if lost:
+                self.stats.lost_leases += lost
+                logger.warning(
+                    "{} attempts not recorded: their lease had passed to another worker", lost
+                )
+
+    def _forget(self, ids: Iterable[UUID]) -> None:
+        self._held.difference_update(ids)
+        self._room.set()
+
+    # Stopping -------------------------------------------------------------------------------------
+
+    async def _shut_down(
+        self, senders: list[asyncio.Task[None]], recorder: asyncio.Task[None]
+    ) -> None:
+        """Release what was never sent, give in-flight requests `shutdown_grace_seconds` to finish,
+        record what finished and release the rest."""
+        unsent: list[UUID] = []
+        while not self._todo.empty():
+            delivery, _ = self._todo.get_nowait()
+            unsent.append(delivery.id)
+        await self._release(unsent)
+        grace = self._settings.shutdown_grace_seconds
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        interrupted = list(self._inflight)  # before cancelling: senders forget them on the way out
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        # The recorder writes what finished, then ends; cut off if the database does not answer.
+        self._closing = True
+        self._results_ready.set()
+        try:
+            async with asyncio.timeout(5.0):
+                # The recorder's own failure, if any, was raised by the claim loop already.
+                await asyncio.gather(recorder, return_exceptions=True)
+                await self._flush()
+        except (TimeoutError, ParityError) as exc:
+            logger.error(
+                "could not record {} attempts before stopping ({!r}); they will be sent again",
+                len(self._results),
+                exc,
+            )
+        await self._release(interrupted)
+        logger.info(
+            "dispatcher stopped: {} claimed, {} recorded, {} released",
+            self.stats.claimed,
+            self.stats.recorded,
+            len(unsent) + len(interrupted),
+        )
+
+    async def _release(self, ids: list[UUID]) -> None:
+        if not ids:
+            return
+        try:
+            async with asyncio.timeout(5.0), self._db.as_service() as conn:
+                await queue.release(conn, ids, worker_id=self._worker_id)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            logger.warning(
+                "could not release {} leases ({}); they expire on their own", len(ids), exc
+            )
+        self._forget(ids)

@@ -1,0 +1,99 @@
+"""The worker's own settings (`WORKER_` prefix), beside the shared `PlatformSettings`."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """How the worker paces itself. Built once in `main()` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    name: str = Field(
+        default="", description="Name in leases and heartbeats; empty: hostname and pid."
+    )
+    log_level: str = Field(
+        default="INFO",
+        pattern="^(TRACE|DEBUG|INFO|WARNING|ERROR)$",
+        description="INFO logs failed attempts and sweeps; DEBUG also every success.",
+    )
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="Polling fallback when no notification wakes the dispatcher."
+    )
+    sweep_interval_seconds: float = Field(
+        default=10.0, gt=0, description="Pause between auto-suspend sweeps."
+    )
+    sweep_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Violators acted on per sweep transaction."
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the heartbeat row is refreshed."
+    )
+    heartbeat_max_age_seconds: float = Field(
+        default=30.0, gt=0, description="`--check` accepts heartbeats younger than this."
+    )
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a claimed delivery stays ours; then claimable."
+    )
+    batch_size: int = Field(
+        default=200, ge=1, le=10_000, description="Deliveries leased at once (queued or in flight)."
+    )
+    record_interval_seconds: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Finished attempts are recorded together, at most this long after finishing.",
+    )
+    concurrency: int = Field(default=50, ge=1, le=1_000, description="HTTP requests in flight.")
+    connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Time allowed to connect to a receiver."
+    )
+    request_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Time allowed for a whole attempt, response included."
+    )
+    retry_wait_base_seconds: float = Field(
+        default=30.0, gt=0, description="Wait before the first retry; doubles with each retry."
+    )
+    retry_wait_max_seconds: float = Field(
+        default=3_600.0, gt=0, description="Longest wait between retries of a bounded policy."
+    )
+    unbounded_retry_wait_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait where retries never stop (dev): a receiver back is served soon.",
+    )
+    retry_jitter_seconds: float = Field(
+        default=2.0, ge=0, description="Random extra wait up to this, so retries do not bunch."
+    )
+    retry_after_max_seconds: float = Field(
+        default=3_600.0, ge=0, description="A receiver's Retry-After is honoured up to this."
+    )
+    response_body_limit: int = Field(
+        default=2_048, ge=0, le=1_000_000, description="Bytes of a response kept per attempt."
+    )
+    allow_private_targets: bool = Field(
+        default=False,
+        description="Allow loopback/private webhook targets (local runs and tests only).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0, description="In-flight deliveries get this long to finish at stop."
+    )
+    listen_reconnect_max_seconds: float = Field(
+        default=5.0, gt=0, description="Longest pause between LISTEN reconnection attempts."
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> Self:
+        # A lease shorter than a request lets another worker claim (and send) it again mid-flight.
+        if self.lease_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                "lease_seconds must be longer than request_timeout_seconds"
+                f" ({self.lease_seconds:g} <= {self.request_timeout_seconds:g})"
+            )
+        return self
