@@ -1,7 +1,13 @@
-"""`make run`: the whole product on one machine, on embedded defaults when nothing is configured."""
+"""`make run`: the whole product on one machine, on embedded defaults when nothing is configured.
+
+Starts (or uses) the database, applies the migrations, seeds a demo (one project per environment,
+a key each, printed once), then runs the demo upstream, the gateway, the worker and the console as
+separate processes until Ctrl-C or until one of them exits.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -10,8 +16,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from ops import database
+from ops.demo import DemoKey, seed_demo
+from shared.db import Database
 from shared.settings import PlatformSettings
+
+
+class RunSettings(BaseSettings):
+    """Where `make run` puts each process (env prefix `RUN_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RUN_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    console_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    upstream_port: int = Field(default=8081, ge=1, le=65535)
+    seed_demo: bool = True
 
 
 @dataclass(frozen=True)
@@ -24,25 +47,36 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_database(settings: PlatformSettings) -> tuple[str, bool]:
-    """The database to use and whether it is the embedded one."""
-    if settings.database_url:
-        return settings.database_url, False
-    return database.start_embedded(), True
-
-
-def processes() -> list[ProcessSpec]:
+def processes(run: RunSettings) -> list[ProcessSpec]:
     """What `make run` starts beside the database."""
-    return []
+    upstream_url = f"http://{run.host}:{run.upstream_port}"
+    return [
+        ProcessSpec(
+            "upstream", "ops.demo_upstream", ("--host", run.host, "--port", str(run.upstream_port))
+        ),
+        ProcessSpec(
+            "gateway",
+            "gateway",
+            ("--host", run.host, "--port", str(run.gateway_port)),
+            {"GATEWAY_UPSTREAM_URL": os.environ.get("GATEWAY_UPSTREAM_URL", upstream_url)},
+        ),
+        # Local receivers (a webhook.site stand-in on localhost) are the norm on a laptop.
+        ProcessSpec(
+            "worker",
+            "worker",
+            env={
+                "WORKER_ALLOW_PRIVATE_TARGETS": os.environ.get(
+                    "WORKER_ALLOW_PRIVATE_TARGETS", "true"
+                )
+            },
+        ),
+        ProcessSpec("console", "console", ("--host", run.host, "--port", str(run.console_port))),
+    ]
 
 
-def run(specs: list[ProcessSpec], env: dict[str, str]) -> int:
+def supervise(specs: list[ProcessSpec], env: dict[str, str]) -> int:
     """Start every process, stop them all when one exits or on Ctrl-C; return an exit code."""
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for spec in specs:
-        children[spec.name] = subprocess.Popen(
-            [sys.executable, "-m", spec.module, *spec.args], env={**env, **spec.env}
-        )
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -53,6 +87,10 @@ def run(specs: list[ProcessSpec], env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     exit_code = 0
     try:
+        for spec in specs:
+            children[spec.name] = subprocess.Popen(
+                [sys.executable, "-m", spec.module, *spec.args], env={**env, **spec.env}
+            )
         while not stopping:
             for name, child in children.items():
                 code = child.poll()
@@ -74,9 +112,36 @@ def run(specs: list[ProcessSpec], env: dict[str, str]) -> int:
     return exit_code
 
 
+async def _seed(url: str) -> list[DemoKey]:
+    async with Database(url, min_size=1, max_size=1) as db:
+        return await seed_demo(db)
+
+
+def print_banner(run: RunSettings, keys: list[DemoKey]) -> None:
+    gateway_url = f"http://{run.host}:{run.gateway_port}"
+    lines = ["", "Demo keys (shown once; `make run` issues new ones each time):"]
+    for key in keys:
+        lines.append(f"  {key.project_name} [{key.environment.value}]")
+        lines.append(f"    {key.curl(gateway_url)}")
+    lines += [
+        "",
+        f"Gateway: {gateway_url}  (forwards to the demo upstream)",
+        f"Console: http://{run.host}:{run.console_port}/",
+        "  Sign in with any email and a password of 8+ characters: the first sign-in creates the",
+        "  account. Sign in as demo@example.com to see the demo projects (your first password",
+        "  becomes its password).",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
 def main() -> int:
     settings = PlatformSettings()
-    url, embedded = resolve_database(settings)
+    run = RunSettings()
+    embedded = not settings.database_url
+    url = database.start_embedded() if embedded else settings.database_url
     where = "embedded Postgres (pgserver)" if embedded else "DATABASE_URL"
     print(f"Database ({where}): {url}", flush=True)
     try:
@@ -84,18 +149,10 @@ def main() -> int:
             database.bootstrap(url)
         print(database.push_migrations(url), flush=True)
         print("Applied migrations:", ", ".join(database.applied_migrations(url)), flush=True)
-
-        specs = processes()
-        if not specs:
-            print("Database ready. Press Ctrl-C to stop.", flush=True)
-        env = {**os.environ, "DATABASE_URL": url}
-        return run(specs, env) if specs else _wait_for_ctrl_c()
+        keys = asyncio.run(_seed(url)) if run.seed_demo else []
+        print_banner(run, keys)
+        return supervise(processes(run), {**os.environ, "DATABASE_URL": url})
     finally:
         if embedded:
-            database.stop_embedded()
-
-
-def _wait_for_ctrl_c() -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        signal.pause()
-    return 0
+            with contextlib.suppress(Exception):
+                database.stop_embedded()

@@ -18,14 +18,23 @@ begin
 end
 $$;
 
-alter role service_role bypassrls;
-
--- The migration user switches into these roles per transaction, exactly as PostgREST does.
+-- Roles live in shared catalogs: change them only when needed, so that bootstraps of several
+-- databases at once (parallel test runs) do not update the same catalog rows.
 do $$
+declare
+    role_name text;
 begin
-    execute format('grant anon, authenticated, service_role to %I', current_user);
+    if not (select rolbypassrls from pg_roles where rolname = 'service_role') then
+        alter role service_role bypassrls;
+    end if;
+    -- The migration user switches into these roles per transaction, exactly as PostgREST does.
+    foreach role_name in array array['anon', 'authenticated', 'service_role'] loop
+        if not pg_has_role(current_user, role_name, 'member') then
+            execute format('grant %I to %I', role_name, current_user);
+        end if;
+    end loop;
 exception when others then
-    -- Already granted (or granted concurrently by another database's bootstrap).
+    -- Changed concurrently by another database's bootstrap: the result is the same.
     null;
 end
 $$;
