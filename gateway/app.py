@@ -34,6 +34,7 @@ from shared.errors import (
 )
 from shared.identity import ENVIRONMENT_HEADER, KEY_ID_HEADER, KEY_KIND_HEADER, PROJECT_ID_HEADER
 from shared.keys import KeyKind, hash_token, parse_token
+from shared.logging import flush_logs
 from shared.settings import PlatformSettings
 
 Scope = MutableMapping[str, Any]
@@ -166,6 +167,9 @@ class Gateway:
         await self.upstream.close()
         await self.db.close()
         logger.info("gateway stopped")
+        # uvicorn re-raises the SIGTERM it caught once shutdown is done, which ends the process
+        # without running exit handlers: write out the buffered lines now.
+        flush_logs()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
