@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, Final
+from uuid import UUID
 
 from loguru import logger
 
@@ -34,6 +35,7 @@ from shared.errors import (
 )
 from shared.identity import ENVIRONMENT_HEADER, KEY_ID_HEADER, KEY_KIND_HEADER, PROJECT_ID_HEADER
 from shared.keys import KeyKind, hash_token, parse_token
+from shared.logging import flush_logs
 from shared.settings import PlatformSettings
 
 Scope = MutableMapping[str, Any]
@@ -134,6 +136,7 @@ class Gateway:
         self.listening = asyncio.Event()
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._identities: dict[UUID, tuple[Credential, dict[str, str]]] = {}
 
     # Lifecycle ---------------------------------------------------------------------------------
 
@@ -166,6 +169,9 @@ class Gateway:
         await self.upstream.close()
         await self.db.close()
         logger.info("gateway stopped")
+        # uvicorn re-raises the SIGTERM it caught once shutdown is done, which ends the process
+        # without running exit handlers: write out the buffered lines now.
+        flush_logs()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -251,12 +257,7 @@ class Gateway:
             upstream_headers = forward_headers(
                 headers,
                 drop=credential_header,
-                identity={
-                    PROJECT_ID_HEADER: str(credential.project_id),
-                    ENVIRONMENT_HEADER: credential.project_environment.value,
-                    KEY_KIND_HEADER: credential.kind.value,
-                    KEY_ID_HEADER: str(credential.key_id),
-                },
+                identity=self._identity(credential),
             )
             response = await self.upstream.forward(
                 method,
@@ -297,6 +298,24 @@ class Gateway:
                 response_content_type=response.content_type,
                 cap=self.settings.log_body_max_bytes,
             )
+
+    def _identity(self, credential: Credential) -> dict[str, str]:
+        """The identity headers the upstream gets for `credential`, formatted once per cached
+        credential rather than per request: the cache hands out the same object until the key
+        or its project changes, and a changed one is a new object, so it is formatted anew."""
+        memo = self._identities.get(credential.key_id)
+        if memo is not None and memo[0] is credential:
+            return memo[1]
+        identity = {
+            PROJECT_ID_HEADER: str(credential.project_id),
+            ENVIRONMENT_HEADER: credential.project_environment.value,
+            KEY_KIND_HEADER: credential.kind.value,
+            KEY_ID_HEADER: str(credential.key_id),
+        }
+        if len(self._identities) >= self.settings.key_cache_max_entries:
+            self._identities.clear()  # bounded like the key cache; rebuilt on demand
+        self._identities[credential.key_id] = (credential, identity)
+        return identity
 
     def _log(
         self,

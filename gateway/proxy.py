@@ -53,22 +53,23 @@ def forward_headers(
     """Request headers for the upstream: without hop-by-hop headers, the header named `drop`
     (the credential the gateway consumed) and any client-supplied identity header; with ours.
     `raw` is the ASGI scope's list, whose names are lower case."""
-    skip = _HOP_BY_HOP_RAW | {drop}
+    skip = _HOP_BY_HOP_RAW
     for name, value in raw:
         if name == b"connection":
             # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
             skip = skip | {token.strip().lower() for token in value.split(b",")}
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in raw:
-        if name in skip or name.startswith(_IDENTITY_PREFIX_RAW):
+        if name == drop or name in skip or name.startswith(_IDENTITY_PREFIX_RAW):
             continue
         headers.add(name.decode("latin-1"), value.decode("latin-1"))
     headers.update(identity)
     return headers
 
 
-# The gateway's server sets its own Date; two would confuse clients.
-_RESPONSE_DROP: Final = HOP_BY_HOP | {"date"}
+# The gateway's server sets its own Date; two would confuse clients. As bytes: compared with
+# raw header names on every response.
+_RESPONSE_DROP_RAW: Final = _HOP_BY_HOP_RAW | {b"date"}
 
 
 def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str]:
@@ -76,7 +77,7 @@ def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[by
     content_type = ""
     for name, value in raw:
         lower = name.lower()
-        if lower.decode("latin-1") in _RESPONSE_DROP:
+        if lower in _RESPONSE_DROP_RAW:
             continue
         if lower == b"content-type":
             content_type = value.decode("latin-1")

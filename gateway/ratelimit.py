@@ -99,14 +99,19 @@ class ProjectRateLimiter:
     def __init__(self, storage: Storage, *, window_seconds: int) -> None:
         self.storage = storage
         self._window = window_seconds
-        self._items: dict[int, RateLimitItem] = {}
+        self._targets: dict[tuple[UUID, int], tuple[RateLimitItem, str]] = {}
         self._resets: dict[str, float] = {}
 
-    def _item(self, limit: int) -> RateLimitItem:
-        item = self._items.get(limit)
-        if item is None:
-            item = self._items[limit] = RateLimitItemPerSecond(limit, self._window)
-        return item
+    def _target(self, project_id: UUID, limit: int) -> tuple[RateLimitItem, str]:
+        """The limit's item and the project's storage key under it, built once rather than
+        per request (`key_for` joins and escapes its parts, and the id is formatted anew)."""
+        target = self._targets.get((project_id, limit))
+        if target is None:
+            if len(self._targets) > 100_000:
+                self._targets.clear()  # bounded memory; entries are rebuilt on demand
+            item = RateLimitItemPerSecond(limit, self._window)
+            target = self._targets[(project_id, limit)] = (item, item.key_for(str(project_id)))
+        return target
 
     async def hit(self, project_id: UUID, limit: int) -> Decision:
         """Count one request of `project_id` against `limit` and decide. Raises
@@ -121,8 +126,7 @@ class ProjectRateLimiter:
             ) from exc
 
     async def _hit(self, project_id: UUID, limit: int) -> Decision:
-        item = self._item(limit)
-        key = item.key_for(str(project_id))
+        item, key = self._target(project_id, limit)
         count = await self.storage.incr(key, item.get_expiry())
         reset_at = self._resets.get(key)
         now = time.time()

@@ -4,12 +4,22 @@ log line the suite captured for every token it issued."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from typing import Any
 
 import aiohttp
+from loguru import logger
 
-from shared.logging import REDACTED, describe_body, redact_headers, redact_json, redact_text
+from shared.logging import (
+    REDACTED,
+    BufferedSink,
+    describe_body,
+    redact_headers,
+    redact_json,
+    redact_text,
+)
 from tests.gateway.conftest import (
     IssueKey,
     StartGateway,
@@ -156,3 +166,34 @@ def test_no_captured_log_line_holds_an_issued_token(suite_records: SuiteRecords)
         if token in line
     ]
     assert leaks == []
+
+
+def test_buffered_sink_writes_lines_out_on_flush_on_a_warning_and_periodically() -> None:
+    """The gateway's sink holds request lines in a buffer instead of a system call each, and
+    still writes every one out: on a warning (with everything before it), on `flush_logs`
+    (shutdown), and within its flush interval when nothing else happens."""
+    raw = io.BytesIO()
+    sink = BufferedSink(io.BufferedWriter(raw, buffer_size=1 << 16), flush_seconds=60)
+    sink_id = logger.add(sink, level="INFO", format="{message}")
+    try:
+        logger.info("line one")
+        assert raw.getvalue() == b""  # buffered, not written yet
+        logger.warning("a warning")
+        assert raw.getvalue() == b"line one\na warning\n"
+        logger.info("line two")
+        sink.flush_now()
+        assert raw.getvalue().endswith(b"line two\n")
+    finally:
+        logger.remove(sink_id)
+
+    raw = io.BytesIO()
+    sink = BufferedSink(io.BufferedWriter(raw, buffer_size=1 << 16), flush_seconds=0.05)
+    sink_id = logger.add(sink, level="INFO", format="{message}")
+    try:
+        logger.info("idle afterwards")
+        deadline = time.monotonic() + 5
+        while raw.getvalue() == b"" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert raw.getvalue() == b"idle afterwards\n"
+    finally:
+        logger.remove(sink_id)
