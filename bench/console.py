@@ -33,7 +33,6 @@ from console.auth import Authenticator
 from console.settings import ConsoleSettings
 from ops import database
 from shared.users import User
-from tests import pg
 
 PROJECTS = 100
 PAGE_TARGET_MS = 20.0
@@ -154,46 +153,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, warmup = (100, 20) if args.quick else (600, 50)
 
-    admin = pg.server_url()
-    name = pg.unique_name("parity_bench_console")
-    url = pg.create_database(admin, name)
+    admin = database.server_url(
+        os.environ.get("BENCH_DATABASE_URL"), database.DATA_DIR / "bench-postgres"
+    )
     process = None
-    try:
-        database.prepare(url)
-        user = seed(url)
-        port = free_port()
-        process = start_console(url, port)
-        token = Authenticator(ConsoleSettings(_env_file=None, jwt_secret=SECRET)).issue(user)
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base) as http:
-            bearer = {"Authorization": f"Bearer {token}"}
-            cookies = {"parity_session": token}
+    with database.scratch_database(admin, "parity_bench_console") as url:
+        try:
+            user = seed(url)
+            port = free_port()
+            process = start_console(url, port)
+            token = Authenticator(ConsoleSettings(_env_file=None, jwt_secret=SECRET)).issue(user)
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base) as http:
+                bearer = {"Authorization": f"Bearer {token}"}
+                cookies = {"parity_session": token}
 
-            def get(path: str, **kwargs: object) -> Callable[[], None]:
-                def probe() -> None:
-                    response = http.get(path, **kwargs)  # type: ignore[arg-type]
-                    response.raise_for_status()
+                def get(path: str, **kwargs: object) -> Callable[[], None]:
+                    def probe() -> None:
+                        response = http.get(path, **kwargs)  # type: ignore[arg-type]
+                        response.raise_for_status()
 
-                return probe
+                    return probe
 
-            api_list = get("/api/v1/projects", headers=bearer)
-            page = get("/projects", cookies=cookies)
-            assert len(http.get("/api/v1/projects", headers=bearer).json()) == PROJECTS
-            assert http.get("/projects", cookies=cookies).text.count("data-project-id=") == PROJECTS
-            probes = {
-                "GET /healthz (reference)": get("/healthz"),
-                "GET /api/v1/me (JWT, no db)": get("/api/v1/me", headers=bearer),
-                "GET /api/v1/projects (100, RLS)": api_list,
-                "GET /projects page (100, RLS)": page,
-                "RLS query alone, in-process": rls_query(url, user),
-            }
-            measure(warmup, probes)
-            figures = measure(rounds, probes)
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=15)
-        pg.drop_database(admin, name)
+                api_list = get("/api/v1/projects", headers=bearer)
+                page = get("/projects", cookies=cookies)
+                assert len(http.get("/api/v1/projects", headers=bearer).json()) == PROJECTS
+                assert (
+                    http.get("/projects", cookies=cookies).text.count("data-project-id=")
+                    == PROJECTS
+                )
+                probes = {
+                    "GET /healthz (reference)": get("/healthz"),
+                    "GET /api/v1/me (JWT, no db)": get("/api/v1/me", headers=bearer),
+                    "GET /api/v1/projects (100, RLS)": api_list,
+                    "GET /projects page (100, RLS)": page,
+                    "RLS query alone, in-process": rls_query(url, user),
+                }
+                measure(warmup, probes)
+                figures = measure(rounds, probes)
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=15)
 
     reference = figures[0].median
     print(f"console, {PROJECTS} projects, {rounds} sequential rounds (after {warmup} warm-up)")

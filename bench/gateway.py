@@ -8,7 +8,7 @@
 3. Added latency at a fixed 500 requests a second (an open-loop aiohttp client, latency counted
    from each request's scheduled time): p99 through the gateway minus p99 straight to upstream.
 
-Needs Postgres (`BENCH_ADMIN_URL`, else the local server on 127.0.0.1:5432, else the embedded
+Needs Postgres (`BENCH_DATABASE_URL`, else the local server on 127.0.0.1:5432, else the embedded
 one) for a scratch database that is dropped at the end; Redis on `BENCH_REDIS_URL` (default
 redis://127.0.0.1:6379/0) for the Redis row. Writes JSON to bench/results/ and prints a table.
 """
@@ -35,12 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import redis
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
-from psycopg import sql
 
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
@@ -52,7 +50,6 @@ from shared.settings import PlatformSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 GATEWAYS = ("memory", "redis")
 HUGE_LIMIT = 1_000_000_000  # the throughput runs measure the gateway, not its 429s
 
@@ -77,33 +74,14 @@ def free_port() -> int:
         return port
 
 
-def admin_url() -> str:
-    explicit = os.environ.get("BENCH_ADMIN_URL")
-    if explicit:
-        return explicit
-    try:
-        with psycopg.connect(LOCAL_SERVER, connect_timeout=2):
-            return LOCAL_SERVER
-    except psycopg.OperationalError:
-        return database.start_embedded(database.DATA_DIR / "bench-postgres")
-
-
 @contextmanager
 def scratch_database() -> Iterator[str]:
     """A freshly migrated database, dropped afterwards."""
-    admin = admin_url()
-    name = f"parity_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    url = database.with_database(admin, name)
-    try:
-        database.prepare(url)
+    admin = database.server_url(
+        os.environ.get("BENCH_DATABASE_URL"), database.DATA_DIR / "bench-postgres"
+    )
+    with database.scratch_database(admin, "parity_bench_gateway") as url:
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @contextmanager

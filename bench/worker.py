@@ -35,7 +35,6 @@ from ops import database
 from shared.db import Database
 from shared.environment import Environment
 from shared.logging import configure_logging
-from tests import pg
 from worker.app import sweep
 from worker.queue import ClaimedDelivery
 from worker.sender import webhook_body
@@ -48,14 +47,11 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a benchmark-only secret
 @contextmanager
 def bench_database(prefix: str) -> Iterator[str]:
     """A migrated database of its own, dropped afterwards."""
-    admin = pg.server_url()
-    name = pg.unique_name(prefix)
-    url = pg.create_database(admin, name)
-    try:
-        database.prepare(url)
+    admin = database.server_url(
+        os.environ.get("BENCH_DATABASE_URL"), database.DATA_DIR / "bench-postgres"
+    )
+    with database.scratch_database(admin, prefix) as url:
         yield url
-    finally:
-        pg.drop_database(admin, name)
 
 
 @contextmanager

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUPABASE_DIR = REPO_ROOT / "supabase"
 BOOTSTRAP_SQL = SUPABASE_DIR / "bootstrap" / "local_supabase.sql"
 DATA_DIR = REPO_ROOT / ".data"
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 class ProvisioningError(RuntimeError):
@@ -125,3 +129,51 @@ def prepare(url: str) -> str:
     """Bootstrap `url` and push the migrations; return the CLI's account of what it applied."""
     bootstrap(url)
     return push_migrations(url)
+
+
+def server_url(explicit: str | None, embedded_dir: Path) -> str:
+    """A server to create scratch databases on: `explicit` when given, else the machine's local
+    server when it answers, else an embedded one under `embedded_dir`."""
+    if explicit:
+        return explicit
+    try:
+        with psycopg.connect(LOCAL_SERVER_URL, connect_timeout=2):
+            return LOCAL_SERVER_URL
+    except psycopg.OperationalError:
+        return start_embedded(embedded_dir)
+
+
+def unique_name(prefix: str) -> str:
+    """A database name no concurrent run will pick."""
+    return f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database `name` (a copy of `template` when given); return its URL."""
+    statement = sql.SQL("create database {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" template {}").format(sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(statement)
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str, prefix: str, *, template: str | None = None) -> Iterator[str]:
+    """A database of its own, dropped afterwards: a copy of `template`, or else bootstrapped and
+    migrated by the Supabase CLI. Yields its URL."""
+    name = unique_name(prefix)
+    url = create_database(admin_url, name, template=template)
+    try:
+        if template is None:
+            prepare(url)
+        yield url
+    finally:
+        drop_database(admin_url, name)

@@ -7,18 +7,14 @@ the lint is reported as not run rather than failing the whole check.
 from __future__ import annotations
 
 import os
-import secrets
 
 import psycopg
-from psycopg import sql
 
 from ops import database
 
-LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 def main() -> int:
-    admin_url = os.environ.get("TEST_DATABASE_URL", LOCAL_SERVER_URL)
+    admin_url = os.environ.get("TEST_DATABASE_URL", database.LOCAL_SERVER_URL)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         available = conn.execute(
             "select 1 from pg_available_extensions where name = 'plpgsql_check'"
@@ -26,32 +22,23 @@ def main() -> int:
     if available is None:
         print("schema lint not run: plpgsql_check is not available on the server")
         return 0
-    name = f"parity_lint_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        url = database.with_database(admin_url, name)
-        database.prepare(url)
-        output = database.run_cli(
-            [
-                "db",
-                "lint",
-                "--db-url",
-                database.cli_url(url),
-                "--level",
-                "warning",
-                "--fail-on",
-                "warning",
-                "--schema",
-                "public,private",
-            ]
-        )
-        print(output)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    with database.scratch_database(admin_url, "parity_lint") as url:
+        print(
+            database.run_cli(
+                [
+                    "db",
+                    "lint",
+                    "--db-url",
+                    database.cli_url(url),
+                    "--level",
+                    "warning",
+                    "--fail-on",
+                    "warning",
+                    "--schema",
+                    "public,private",
+                ]
             )
+        )
     return 0
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import psycopg
 import pytest
 
+from ops import database
 from shared.db import Database
-from tests import pg
 
 REQUIRE_SERVICES = os.environ.get("PARITY_REQUIRE_SERVICES") == "1"
 
@@ -34,25 +35,23 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def admin_url() -> str:
     """A connection to the server's maintenance database, for creating test databases."""
-    return pg.server_url()
+    return database.server_url(
+        os.environ.get("TEST_DATABASE_URL"), database.DATA_DIR / "test-postgres"
+    )
 
 
 @pytest.fixture(scope="session")
 def template_db(admin_url: str) -> Iterator[str]:
     """Migrated once per session with the real Supabase CLI."""
-    with pg.migrated_template(admin_url) as name:
-        yield name
+    with database.scratch_database(admin_url, "parity_template") as url:
+        yield urlsplit(url).path.lstrip("/")
 
 
 @pytest.fixture
 def database_url(admin_url: str, template_db: str) -> Iterator[str]:
     """A fresh, fully migrated database for one test."""
-    name = pg.unique_name("parity_test")
-    url = pg.create_database(admin_url, name, template=template_db)
-    try:
+    with database.scratch_database(admin_url, "parity_test", template=template_db) as url:
         yield url
-    finally:
-        pg.drop_database(admin_url, name)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import pg
+from ops import database
 
 ENVIRONMENTS = st.sampled_from(["prod", "dev", "staging"])
 INDEX = st.integers(min_value=0, max_value=5)
@@ -43,12 +43,8 @@ class Model:
 
 @pytest.fixture(scope="module")
 def invariant_db(admin_url: str, template_db: str) -> Iterator[str]:
-    name = pg.unique_name("parity_invariant")
-    url = pg.create_database(admin_url, name, template=template_db)
-    try:
+    with database.scratch_database(admin_url, "parity_invariant", template=template_db) as url:
         yield url
-    finally:
-        pg.drop_database(admin_url, name)
 
 
 def violations(conn: psycopg.Connection[Any]) -> int:

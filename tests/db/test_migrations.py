@@ -11,7 +11,6 @@ import psycopg
 import pytest
 
 from ops import database
-from tests import pg
 
 PRE_ENVIRONMENT = "20260101000000"
 ENVIRONMENTS = "20260201000000"
@@ -19,13 +18,13 @@ ENVIRONMENTS = "20260201000000"
 
 @pytest.fixture
 def empty_database(admin_url: str) -> Iterator[str]:
-    name = pg.unique_name("parity_migrate")
-    url = pg.create_database(admin_url, name)
+    name = database.unique_name("parity_migrate")
+    url = database.create_database(admin_url, name)
     try:
         database.bootstrap(url)
         yield url
     finally:
-        pg.drop_database(admin_url, name)
+        database.drop_database(admin_url, name)
 
 
 def workdir_with(tmp_path: Path, versions: list[str]) -> Path:
