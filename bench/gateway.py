@@ -235,7 +235,7 @@ def run(quick: bool) -> dict[str, Any]:
             "decisions": asyncio.run(decisions(database_url, prod.token, 50_000 * rounds)),
         }
 
-        ports = {name: free_port() for name in ("upstream", "hop", "memory", "redis")}
+        ports = {name: free_port() for name in ("upstream", "hop", "forwarding", "memory", "redis")}
         urls = {name: f"http://127.0.0.1:{port}/items" for name, port in ports.items()}
         upstream_base = f"http://127.0.0.1:{ports['upstream']}"
         gateway_env = {
@@ -251,6 +251,17 @@ def run(quick: bool) -> dict[str, Any]:
                 [*servers, "hop", "--port", str(ports["hop"]), "--upstream", upstream_base],
                 {},
             ),
+            "forwarding": (
+                [
+                    *servers,
+                    "forwarding-hop",
+                    "--port",
+                    str(ports["forwarding"]),
+                    "--upstream",
+                    upstream_base,
+                ],
+                {},
+            ),
             "memory": (
                 ["-m", "gateway", "--port", str(ports["memory"])],
                 {**gateway_env, "REDIS_URL": ""},
@@ -264,7 +275,10 @@ def run(quick: bool) -> dict[str, Any]:
         with _all(specs) as running:
             for name in running:
                 wait_for_http(urls[name], RESULTS / f"{name}.log")
-            token_for = {name: prod.token if name in GATEWAYS else None for name in specs}
+            # The forwarding hop gets the same request as the gateways (it forwards the key on).
+            token_for = {
+                name: prod.token if name in {*GATEWAYS, "forwarding"} else None for name in specs
+            }
             for name, child in running.items():  # warm up every server and the gateways' caches
                 wrk(urls[name], token=token_for[name], seconds=1, pid=child.pid)
             loads: dict[str, list[Load]] = {name: [] for name in running}
@@ -285,6 +299,7 @@ def run(quick: bool) -> dict[str, Any]:
                 for name, runs in loads.items()
             }
             hop = result["throughput"]["hop"]
+            forwarding = result["throughput"]["forwarding"]
             for name in GATEWAYS:
                 if name in result["throughput"]:
                     figures = result["throughput"][name]
@@ -293,6 +308,12 @@ def run(quick: bool) -> dict[str, Any]:
                     )
                     figures["cpu_ratio_to_hop"] = (
                         hop["cpu_us_per_request"] / figures["cpu_us_per_request"]
+                    )
+                    figures["ratio_to_forwarding_hop"] = (
+                        figures["requests_per_second"] / forwarding["requests_per_second"]
+                    )
+                    figures["cpu_ratio_to_forwarding_hop"] = (
+                        forwarding["cpu_us_per_request"] / figures["cpu_us_per_request"]
                     )
 
             direct: list[float] = []
@@ -350,6 +371,7 @@ def table(result: dict[str, Any]) -> str:
         f" | `limits` alone {d['limits_alone_per_s']:,.0f}/s | {d['ratio']:.2f} | >= 100,000/s |",
     ]
     hop = t["hop"]
+    forwarding = t["forwarding"]
     for name, label in (("memory", "memory storage"), ("redis", "Redis storage")):
         if name in t:
             row = t[name]
@@ -363,6 +385,13 @@ def table(result: dict[str, Any]) -> str:
                 f"| CPU per request, {label} | {row['cpu_us_per_request']:.0f} µs"
                 f" | bare hop {hop['cpu_us_per_request']:.0f} µs"
                 f" | {row['cpu_ratio_to_hop']:.2f} | (hop / gateway) |"
+            )
+            lines.append(
+                f"| Gateway throughput, {label}, against the forwarding hop"
+                f" | {row['requests_per_second']:,.0f} req/s"
+                f" | forwarding hop {forwarding['requests_per_second']:,.0f} req/s"
+                f" (p99 {forwarding['p99_ms']:.1f} ms) | {row['ratio_to_forwarding_hop']:.2f} |"
+                " (what auth, limits, metering and logs cost) |"
             )
     lines.append(
         f"| p99 added at 500 req/s | {lat['added_p99_ms']:+.2f} ms"
