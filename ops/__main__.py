@@ -13,7 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run the whole product locally (what `make run` does)")
     migrate = commands.add_parser(
-        "migrate", help="bootstrap (local databases only) and push migrations to DATABASE_URL"
+        "migrate",
+        help="push the migrations to the database at --url (optionally bootstrap it first)",
     )
     migrate.add_argument("--url", required=True, help="database URL")
     migrate.add_argument(

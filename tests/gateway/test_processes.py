@@ -4,6 +4,7 @@ and JSON log lines come out when configured."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from tests.gateway.conftest import (
     wait_until_listening,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ async def redis_prefix() -> AsyncIterator[str]:
         await client.ping()
     except redis.ConnectionError:
         await client.aclose()
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+        pytest.skip(f"Redis is not running at {REDIS_URL}")
     prefix = f"parity-test-{secrets.token_hex(6)}"
     try:
         yield prefix
