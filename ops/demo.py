@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
-from shared import apikeys, projects
-from shared.db import Connection, Database
+from shared import apikeys, projects, users
+from shared.db import Database
 from shared.environment import Environment
 from shared.keys import KeyKind
 
@@ -35,24 +35,12 @@ class DemoKey:
         return f"curl -s -H 'Authorization: Bearer {self.token}' {gateway_url.rstrip('/')}{path}"
 
 
-async def _demo_user(conn: Connection) -> UUID:
-    # What Supabase Auth does on sign-up, for a local demo only.
-    cur = await conn.execute(
-        "insert into auth.users (email) values (%s)"
-        " on conflict (email) do update set updated_at = now() returning id",
-        (DEMO_EMAIL,),
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    user_id: UUID = row["id"]
-    return user_id
-
-
 async def seed_demo(db: Database) -> list[DemoKey]:
     """Seed (or refresh) the demo; return one fresh secret key per environment."""
     seeded: list[DemoKey] = []
     async with db.as_service() as conn:
-        owner = await _demo_user(conn)
+        # The console's local sign-in lets its first sign-in set the demo user's password.
+        owner = (await users.ensure_user(conn, DEMO_EMAIL)).id
         existing = {
             (project.owner_id, project.name): project
             for project in await projects.list_projects(conn)
