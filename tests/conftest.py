@@ -14,9 +14,11 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from loguru import logger
 
 from ops import database
 from shared.db import Database
+from tests.logscan import SCAN_TEST, SUITE_RECORDS, SuiteRecords
 
 REQUIRE_SERVICES = os.environ.get("PARITY_REQUIRE_SERVICES") == "1"
 
@@ -30,6 +32,23 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped, but PARITY_REQUIRE_SERVICES=1 forbids skips: {report.longrepr}"
     return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The secret scan reads what every other test logged, so it runs last.
+    items.sort(key=lambda item: item.name == SCAN_TEST)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_records() -> Iterator[SuiteRecords]:
+    """Captures every loguru record of the session, serialised with its extra fields."""
+    sink = logger.add(
+        lambda message: SUITE_RECORDS.add_line(str(message)), level="DEBUG", serialize=True
+    )
+    try:
+        yield SUITE_RECORDS
+    finally:
+        logger.remove(sink)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Fixtures for gateway tests: a real upstream server, real gateways (in process on uvicorn, or as
-processes), projects with keys, and the session-wide registries the secret scan reads: every token
-the suite issued and every log line the suite captured."""
+processes), and projects with keys. Tokens issued and gateway log files are registered for the
+suite's final secret scan (tests/logscan.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -34,52 +33,10 @@ from shared.keys import KeyKind
 from shared.projects import Project
 from shared.settings import PlatformSettings
 from tests.conftest import MakeUser
+from tests.logscan import SUITE_RECORDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"gateway listening on (?P<url>http://[0-9.]+:[0-9]+)")
-SCAN_TEST = "test_no_captured_log_line_holds_an_issued_token"
-
-
-# Session registries ------------------------------------------------------------------------------
-
-
-@dataclass
-class SuiteRecords:
-    """Every token the suite issued and every log line it captured, for the final scan."""
-
-    tokens: set[str] = field(default_factory=set)
-    lines: list[str] = field(default_factory=list)
-    log_files: list[Path] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add_line(self, line: str) -> None:
-        with self.lock:
-            self.lines.append(line)
-
-
-_RECORDS = SuiteRecords()
-
-
-@pytest.fixture(scope="session")
-def suite_records() -> Iterator[SuiteRecords]:
-    """Captures every loguru record of the session, serialised with its extra fields."""
-    sink = logger.add(
-        lambda message: _RECORDS.add_line(str(message)), level="DEBUG", serialize=True
-    )
-    try:
-        yield _RECORDS
-    finally:
-        logger.remove(sink)
-
-
-@pytest.fixture(autouse=True)
-def _capture_logs(suite_records: SuiteRecords) -> SuiteRecords:
-    return suite_records
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The scan reads what every other test logged, so it runs last.
-    items.sort(key=lambda item: item.name == SCAN_TEST)
 
 
 @pytest.fixture
@@ -245,7 +202,7 @@ class GatewayProcess:
 def start_gateway_process(env: dict[str, str], log_file: Path) -> GatewayProcess:
     """`python -m gateway --port 0` as a real process; its output goes to `log_file` (which the
     secret scan reads) and the port is read from its "listening" line."""
-    _RECORDS.log_files.append(log_file)
+    SUITE_RECORDS.log_files.append(log_file)
     handle = log_file.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--port", "0"],
@@ -301,7 +258,7 @@ def issue_key(db: Database, make_user: MakeUser) -> IssueKey:
         **key_options: Any,
     ) -> Seeded:
         if not owners:
-            owners.append((await make_user(f"owner-{len(_RECORDS.tokens)}@example.com")).id)
+            owners.append((await make_user(f"owner-{len(SUITE_RECORDS.tokens)}@example.com")).id)
         async with db.as_service() as conn:
             if project is None:
                 project = await projects.create_project(
@@ -313,7 +270,7 @@ def issue_key(db: Database, make_user: MakeUser) -> IssueKey:
                     (rate_limit, project.id),
                 )
             issued = await apikeys.create_key(conn, project.id, KeyKind(kind), **key_options)
-        _RECORDS.tokens.add(issued.token)
+        SUITE_RECORDS.tokens.add(issued.token)
         return Seeded(project=project, token=issued.token, key_id=issued.key.id)
 
     return issue
@@ -330,7 +287,7 @@ async def edit_as_superuser(database_url: str, *statements: tuple[str, tuple[Any
 
 def register_token(token: str) -> None:
     """Add a token issued outside `issue_key` (the CLI, the demo) to the final scan."""
-    _RECORDS.tokens.add(token)
+    SUITE_RECORDS.tokens.add(token)
 
 
 @pytest.fixture
