@@ -32,7 +32,7 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see gateway.reqlog.Exchange on not freezing it
 class UpstreamResponse:
     status: int
     headers: list[tuple[bytes, bytes]]

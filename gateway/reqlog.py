@@ -14,7 +14,10 @@ from shared.environment import get_environment_config
 from shared.logging import describe_body, logs_json, redact_headers, redact_text
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes it: a frozen dataclass sets each field through
+# object.__setattr__, about 0.5 us per instance here, and a request builds one of these, a
+# Decision and an UpstreamResponse.
+@dataclass(slots=True)
 class Exchange:
     """One request and its answer, as far as the gateway got."""
 
