@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
@@ -33,7 +32,7 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see gateway.reqlog.Exchange on not freezing it
 class UpstreamResponse:
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -49,21 +48,25 @@ _IDENTITY_PREFIX_RAW: Final = IDENTITY_HEADER_PREFIX.encode()
 
 def forward_headers(
     raw: list[tuple[bytes, bytes]], *, drop: bytes, identity: dict[str, str]
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """Request headers for the upstream: without hop-by-hop headers, the header named `drop`
     (the credential the gateway consumed) and any client-supplied identity header; with ours.
-    `raw` is the ASGI scope's list, whose names are lower case."""
+    `raw` is the ASGI scope's list, whose names are lower case.
+
+    A plain list, not a multidict: aiohttp copies whatever it is given into its own multidict,
+    so building one here would be built twice per request. The identity headers can simply be
+    appended because every client-supplied header with their prefix was dropped above."""
     skip = _HOP_BY_HOP_RAW
     for name, value in raw:
         if name == b"connection":
             # Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
             skip = skip | {token.strip().lower() for token in value.split(b",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in raw:
-        if name == drop or name in skip or name.startswith(_IDENTITY_PREFIX_RAW):
-            continue
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    headers.update(identity)
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in raw
+        if name != drop and name not in skip and not name.startswith(_IDENTITY_PREFIX_RAW)
+    ]
+    headers.extend(identity.items())
     return headers
 
 
@@ -83,6 +86,19 @@ def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[by
             content_type = value.decode("latin-1")
         headers.append((lower, value))
     return headers, content_type
+
+
+class _ForwardedRequest(aiohttp.ClientRequest):
+    """A request that goes upstream with the client's headers only: aiohttp adds none of its
+    default ones (Accept, Accept-Encoding, User-Agent).
+
+    The session's `skip_auto_headers` would do the same for named headers, but aiohttp then
+    sorts them into a new multidict and copies the request's headers once more, per request.
+    Bodies pass through as the upstream encoded them, and the client's own Accept-Encoding (or
+    its absence) is what the upstream sees."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        pass
 
 
 class Upstream:
@@ -105,10 +121,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections),
             timeout=self._timeout,
-            # Bodies pass through as the upstream encoded them, and the client's own
-            # Accept-Encoding (or its absence) is what the upstream sees.
             auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            request_class=_ForwardedRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
@@ -118,7 +132,12 @@ class Upstream:
             self._session = None
 
     async def forward(
-        self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[str, str]],
+        body: bytes,
     ) -> UpstreamResponse:
         """Send the request on and read the whole response; raise :class:`UpstreamUnavailable`
         (502) or :class:`UpstreamTimeout` (504) rather than hang."""

@@ -52,7 +52,7 @@ def build_storage(redis_url: str | None, *, key_prefix: str) -> Storage:
     return storage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see gateway.reqlog.Exchange on not freezing it
 class Decision:
     """One rate-limit decision and what the response headers say about it."""
 

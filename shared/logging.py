@@ -174,6 +174,13 @@ class BufferedSink:
 
 
 _buffered: list[BufferedSink] = []
+_json_lines = False
+
+
+def logs_json() -> bool:
+    """Whether records leave as JSON lines, which carry a record's `extra` fields: a caller
+    with fields worth querying passes them only then, as text lines never show them."""
+    return _json_lines
 
 
 def flush_logs() -> None:
@@ -196,8 +203,10 @@ def configure_logging(
 
     `buffered` (a server writing a line per request) writes through a :class:`BufferedSink`
     flushed at least every quarter of a second instead of once per record."""
+    global _json_lines
     logger.remove()
     _buffered.clear()
+    _json_lines = log_format == "json"
     logger.configure(extra={"process": process}, patcher=_scrub)
     sink: Any = sys.stderr
     if buffered:
