@@ -96,15 +96,22 @@ def applied_migrations(url: str) -> list[str]:
     return [row[0] for row in rows]
 
 
+@contextlib.contextmanager
+def _quiet_platformdirs() -> Iterator[None]:
+    # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back
+    # to /tmp, which is fine here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
     """Start (or reuse) the embedded Postgres under `data_dir`; return its URL.
 
     pgserver listens on a Unix socket only; the URL names it in the `host` query parameter.
     The server keeps running until :func:`stop_embedded`.
     """
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
-        warnings.simplefilter("ignore")
+    with _quiet_platformdirs():
         import pgserver
 
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +122,10 @@ def start_embedded(data_dir: Path = DATA_DIR / "postgres") -> str:
 
 def stop_embedded(data_dir: Path = DATA_DIR / "postgres") -> None:
     """Stop the embedded Postgres under `data_dir` (fast shutdown), if it runs."""
-    import pgserver
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    with _quiet_platformdirs():
+        import pgserver
 
     # Postgres refuses to run as root; pgserver then runs it as its own system user.
     user = "pgserver" if os.geteuid() == 0 else None
