@@ -222,13 +222,20 @@ class Gateway:
             raise RateLimitExceeded(credential, decision)
         return decision
 
-    async def decide(self, token: str, method: str) -> tuple[Credential, Decision]:
-        """Everything the gateway decides before forwarding, in order (what the benchmark of
-        in-process decisions measures); raises the refusal that applies."""
-        credential = await self.lookup(token)
+    async def admit(self, credential: Credential | None, method: str) -> Decision:
+        """What is decided about a looked-up credential before forwarding: the refusals of
+        :func:`authorize`, then one request from the project's budget."""
         authorize(credential, method)
         assert credential is not None
-        return credential, await self.take(credential)
+        return await self.take(credential)
+
+    async def decide(self, token: str, method: str) -> tuple[Credential, Decision]:
+        """Everything the gateway decides before forwarding, as a request does it (what the
+        benchmark of in-process decisions measures); raises the refusal that applies."""
+        credential = await self.lookup(token)
+        decision = await self.admit(credential, method)
+        assert credential is not None
+        return credential, decision
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -244,10 +251,10 @@ class Gateway:
                     " header"
                 )
             credential_header, token = found
+            # Looked up before admitting, so a refusal's log line still names the project.
             credential = await self.lookup(token)
-            authorize(credential, method)
+            decision = await self.admit(credential, method)
             assert credential is not None
-            decision = await self.take(credential)
             body = (
                 await _read_body(receive, self.settings.max_request_body_bytes)
                 if _has_body(headers)
