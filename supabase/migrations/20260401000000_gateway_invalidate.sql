@@ -6,16 +6,17 @@
 --
 -- Payloads name rows by id only (`key:<uuid>` or `project:<uuid>`): never a token or its hash.
 
-create function private.notify_gateway_key_change() returns trigger
+-- One function for both tables: the trigger's argument names the kind of row (`key`, `project`).
+create function private.notify_gateway() returns trigger
 language plpgsql
 set search_path = ''
 as $$
 begin
-    perform pg_notify('gateway_invalidate', 'key:' || coalesce(new.id, old.id)::text);
+    perform pg_notify('gateway_invalidate', tg_argv[0] || ':' || coalesce(new.id, old.id)::text);
     return null;
 end
 $$;
-revoke all on function private.notify_gateway_key_change() from public, anon, authenticated;
+revoke all on function private.notify_gateway() from public, anon, authenticated;
 
 -- last_used_at, written by the gateway's own batched flush, changes nothing a gateway caches, so it
 -- is left out: the gateway does not invalidate its cache with its own writes.
@@ -28,22 +29,11 @@ create trigger api_keys_notify_gateway
         or old.environment is distinct from new.environment
         or old.project_id is distinct from new.project_id
     )
-    execute function private.notify_gateway_key_change();
+    execute function private.notify_gateway('key');
 
 create trigger api_keys_notify_gateway_delete
     after delete on public.api_keys
-    for each row execute function private.notify_gateway_key_change();
-
-create function private.notify_gateway_project_change() returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-    perform pg_notify('gateway_invalidate', 'project:' || coalesce(new.id, old.id)::text);
-    return null;
-end
-$$;
-revoke all on function private.notify_gateway_project_change() from public, anon, authenticated;
+    for each row execute function private.notify_gateway('key');
 
 create trigger projects_notify_gateway
     after update of status, environment, rate_limit, request_cap on public.projects
@@ -54,13 +44,12 @@ create trigger projects_notify_gateway
         or old.rate_limit is distinct from new.rate_limit
         or old.request_cap is distinct from new.request_cap
     )
-    execute function private.notify_gateway_project_change();
+    execute function private.notify_gateway('project');
 
 create trigger projects_notify_gateway_delete
     after delete on public.projects
-    for each row execute function private.notify_gateway_project_change();
+    for each row execute function private.notify_gateway('project');
 
-comment on function private.notify_gateway_key_change() is
-    'Tells gateways (channel gateway_invalidate) to drop a cached API key.';
-comment on function private.notify_gateway_project_change() is
-    'Tells gateways (channel gateway_invalidate) to drop every cached key of a project.';
+comment on function private.notify_gateway() is
+    'Tells gateways (channel gateway_invalidate) to drop a cached API key (`key:<id>`) or every '
+    'cached key of a project (`project:<id>`).';
