@@ -85,7 +85,6 @@ def sample_bodies(count: int) -> list[bytes]:
                 retry_base=0,
                 url="",
                 secret=SECRET,
-                enabled=True,
                 event_id=UUID(int=i),
                 event_type="bench.ping",
                 payload={"n": i},

@@ -27,8 +27,6 @@ from worker.retry import RetryPolicy
 from worker.sender import Response, Sender, webhook_body
 from worker.settings import WorkerSettings
 
-DISABLED_REASON = "endpoint disabled"
-
 
 @dataclass
 class DispatchStats:
@@ -176,10 +174,6 @@ class Dispatcher:
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
                 )
-                disabled = [d.id for d in claimed if not d.enabled]
-                await queue.cancel_claimed(
-                    conn, disabled, worker_id=self._worker_id, reason=DISABLED_REASON
-                )
         except ParityError as exc:
             if not is_transient(exc):
                 raise
@@ -188,9 +182,8 @@ class Dispatcher:
             return 0
         self.stats.claimed += len(claimed)
         for delivery in claimed:
-            if delivery.enabled:
-                self._held.add(delivery.id)
-                self._todo.put_nowait((delivery, webhook_body(delivery)))
+            self._held.add(delivery.id)
+            self._todo.put_nowait((delivery, webhook_body(delivery)))
         return len(claimed)
 
     # Senders --------------------------------------------------------------------------------------

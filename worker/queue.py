@@ -41,7 +41,7 @@ with due as (
  returning d.id, d.event_id, d.endpoint_id, d.project_id, d.environment, d.attempts, d.retry_base
 )
 select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts, c.retry_base,
-       w.url, w.secret, w.enabled,
+       w.url, w.secret,
        e.id as event_id, e.type as event_type, e.payload, e.created_at as event_created_at
   from claimed as c
   join public.webhook_endpoints as w on w.id = c.endpoint_id
@@ -86,27 +86,12 @@ select r.id, r.attempt_number, r.started_at, r.duration_ms, r.status_code, r.res
 returning delivery_id
 """
 
-_CANCEL_CLAIMED = """
-update public.webhook_deliveries
-   set status = 'cancelled', completed_at = now(), lease_expires_at = null, leased_by = null,
-       last_error = %(reason)s
- where id = any(%(ids)s) and status = 'pending' and leased_by = %(worker_id)s
-"""
-
 _DISABLE_ENDPOINT = """
 update public.webhook_endpoints
    set enabled = false, disabled_reason = %(reason)s
  where id = %(endpoint_id)s and enabled
 """
 
-# Pending deliveries of a disabled endpoint are cancelled, in flight ones included: their worker's
-# lease-guarded record then finds the delivery no longer pending and leaves it alone.
-_CANCEL_ENDPOINT_DELIVERIES = """
-update public.webhook_deliveries
-   set status = 'cancelled', completed_at = now(), lease_expires_at = null, leased_by = null,
-       last_error = %(reason)s
- where endpoint_id = %(endpoint_id)s and status = 'pending'
-"""
 
 _RELEASE = """
 update public.webhook_deliveries
@@ -136,7 +121,6 @@ class ClaimedDelivery:
     retry_base: int
     url: str
     secret: str
-    enabled: bool
     event_id: UUID
     event_type: str
     payload: dict[str, Any]
@@ -210,20 +194,9 @@ async def record(
 
 
 async def disable_endpoint(conn: Connection, endpoint_id: UUID, *, reason: str) -> None:
-    """Disable the endpoint and cancel every delivery still pending for it."""
-    params = {"endpoint_id": endpoint_id, "reason": reason}
-    await conn.execute(_DISABLE_ENDPOINT, params)
-    await conn.execute(_CANCEL_ENDPOINT_DELIVERIES, params)
-
-
-async def cancel_claimed(
-    conn: Connection, ids: Sequence[UUID], *, worker_id: str, reason: str
-) -> None:
-    """Cancel deliveries we hold without attempting them (their endpoint was disabled)."""
-    if ids:
-        await conn.execute(
-            _CANCEL_CLAIMED, {"ids": list(ids), "worker_id": worker_id, "reason": reason}
-        )
+    """Disable the endpoint; the database cancels every delivery still pending for it (trigger
+    webhook_endpoints_cancel_deliveries_when_disabled)."""
+    await conn.execute(_DISABLE_ENDPOINT, {"endpoint_id": endpoint_id, "reason": reason})
 
 
 async def release(conn: Connection, ids: Sequence[UUID], *, worker_id: str) -> None:
