@@ -102,12 +102,19 @@ async def redeliver(conn: Connection, delivery_id: UUID) -> Delivery:
         "update public.webhook_deliveries"
         " set status = 'pending', next_attempt_at = now(), completed_at = null,"
         " retry_base = attempts"
-        " where id = %s and status <> 'pending' returning id",
+        " where id = %s and status <> 'pending'"
+        # A disabled endpoint gets nothing: disabling it cancelled its deliveries, and they stay so.
+        " and endpoint_id in (select id from public.webhook_endpoints where enabled)"
+        " returning id",
         (delivery_id,),
     )
     if await cur.fetchone() is None:
         current = await get_delivery(conn, delivery_id)  # NotFound when it does not exist
-        raise InvalidInput(f"delivery {current.id} is already pending")
+        if current.status == "pending":
+            raise InvalidInput(f"delivery {current.id} is already pending")
+        raise InvalidInput(
+            f"the endpoint of delivery {current.id} is disabled: enable it, then redeliver"
+        )
     return await get_delivery(conn, delivery_id)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiohttp import web
 
 from shared import deliveries
 from shared.db import Database
+from shared.errors import InvalidInput
 from tests.worker.conftest import (
     MakeProject,
     Receiver,
@@ -294,3 +296,29 @@ async def test_deliveries_of_an_endpoint_disabled_by_its_owner_are_cancelled_uns
         row = await delivery_row(db, delivery_id)
         assert (row["status"], row["attempts"], row["leased_by"]) == ("cancelled", 0, None)
         assert row["last_error"] == "endpoint disabled"
+
+
+async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered_until_enabled(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+    [delivery_id] = await emit_events(db, project)
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_endpoints set enabled = false where id = %s", (endpoint,)
+        )
+    with pytest.raises(InvalidInput, match="is disabled: enable it, then redeliver"):
+        async with db.as_service() as conn:
+            await deliveries.redeliver(conn, delivery_id)
+    await drain(database_url)
+    assert receiver.received == []
+    assert (await delivery_row(db, delivery_id))["status"] == "cancelled"
+
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_endpoints set enabled = true where id = %s", (endpoint,)
+        )
+        await deliveries.redeliver(conn, delivery_id)
+    await drain(database_url)
+    assert [r.webhook_id for r in receiver.received] == [str(delivery_id)]
+    assert (await delivery_row(db, delivery_id))["status"] == "succeeded"
