@@ -67,6 +67,7 @@ class Worker:
             min_size=max(1, self.platform.db_pool_min_size),
             max_size=max(4, self.platform.db_pool_max_size),
             name=f"worker-{self.worker_id}",
+            prepared_statements=self.platform.db_prepared_statements,
         )
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> int:
@@ -95,7 +96,7 @@ class Worker:
             "dispatcher": dispatcher.run(stop),
             "heartbeat": self._heartbeat_loop(db, dispatcher, stop),
             "listener": listen(
-                self.platform.database_url,
+                self.platform.session_database_url,
                 wake,
                 reconnect_max_seconds=self.settings.listen_reconnect_max_seconds,
             ),
