@@ -17,7 +17,7 @@ from loguru import logger
 from shared.db import Database
 from shared.errors import DatabaseUnavailable, ParityError
 from shared.settings import PlatformSettings
-from worker import autosuspend, heartbeat
+from worker import autosuspend, heartbeat, metrics
 from worker.autosuspend import SweepResult
 from worker.dispatcher import Dispatcher, wait_any
 from worker.errors import is_transient
@@ -30,6 +30,7 @@ EXIT_OK = 0
 EXIT_TASK_DIED = 1
 
 
+@metrics.timed_sweep
 async def sweep(db: Database, settings: WorkerSettings) -> SweepResult:
     """Sweep every unhandled violator, batch by batch (each batch one transaction)."""
     total = SweepResult(0, 0, 0)
