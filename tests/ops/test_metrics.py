@@ -190,7 +190,8 @@ async def test_worker_counts_attempts_and_sweep_actions(
             async def swept() -> bool:
                 async with db.as_service() as conn:
                     cur = await conn.execute(
-                        "select count(*) as n from public.usage_counters where handled_at is not null"
+                        "select count(*) as n from public.usage_counters"
+                        " where handled_at is not null"
                     )
                     row = await cur.fetchone()
                 return row is not None and row["n"] == 2
