@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from ops import database, keys_cmd, up, worker_cmd
+from ops import database, keys_cmd, status_cmd, up, worker_cmd
 from shared.settings import PlatformSettings
 
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     keys_cmd.register(commands)
     worker_cmd.register(commands)
+    status_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "status":
+        return status_cmd.run(args)
     if args.command in {"suspensions", "deliveries"}:
         return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")
