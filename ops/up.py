@@ -38,6 +38,8 @@ class RunSettings(BaseSettings):
     console_port: int = Field(default=8000, ge=1, le=65535)
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     upstream_port: int = Field(default=8081, ge=1, le=65535)
+    worker_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    console_metrics_port: int = Field(default=9102, ge=1, le=65535)
     seed_demo: bool = True
     state_file: Path = Field(
         default=database.DATA_DIR / "run.json",
@@ -96,10 +98,20 @@ def processes(run: RunSettings) -> list[ProcessSpec]:
             env={
                 "WORKER_ALLOW_PRIVATE_TARGETS": os.environ.get(
                     "WORKER_ALLOW_PRIVATE_TARGETS", "true"
-                )
+                ),
+                "WORKER_METRICS_HOST": run.host,
+                "WORKER_METRICS_PORT": str(run.worker_metrics_port),
             },
         ),
-        ProcessSpec("console", "console", ("--host", run.host, "--port", str(run.console_port))),
+        ProcessSpec(
+            "console",
+            "console",
+            ("--host", run.host, "--port", str(run.console_port)),
+            {
+                "CONSOLE_METRICS_HOST": run.host,
+                "CONSOLE_METRICS_PORT": str(run.console_metrics_port),
+            },
+        ),
     ]
 
 
@@ -146,7 +158,9 @@ async def _seed(url: str) -> tuple[list[DemoKey], int]:
         return await seed_demo_counting(db)
 
 
-def print_banner(run: RunSettings, keys: list[DemoKey], *, revoked: int = 0) -> None:
+def print_banner(
+    run: RunSettings, keys: list[DemoKey], *, revoked: int = 0, database_url: str = ""
+) -> None:
     gateway_url = f"http://{run.host}:{run.gateway_port}"
     lines = ["", "Demo keys (shown once; every `make run` issues new ones):"]
     if revoked:
@@ -161,9 +175,14 @@ def print_banner(run: RunSettings, keys: list[DemoKey], *, revoked: int = 0) -> 
         "",
         f"Gateway: {gateway_url}  (forwards to the demo upstream)",
         f"Console: http://{run.host}:{run.console_port}/",
+        f"Metrics: worker http://{run.host}:{run.worker_metrics_port}/metrics,"
+        f" console http://{run.host}:{run.console_metrics_port}/metrics",
         "  Sign in with any email and a password of 8+ characters: the first sign-in creates the",
         "  account. Sign in as demo@example.com to see the demo projects (your first password",
         "  becomes its password).",
+        "",
+        "`parity` commands find this database while `make run` is up; elsewhere:",
+        f"  export DATABASE_URL={shlex.quote(database_url)}",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -191,12 +210,7 @@ def main() -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return 2
         record_running_database(run.state_file, url)
-        print_banner(run, keys, revoked=revoked)
-        print(
-            "`parity` commands find this database while `make run` is up; elsewhere:\n"
-            f"  export DATABASE_URL={shlex.quote(url)}\n",
-            flush=True,
-        )
+        print_banner(run, keys, revoked=revoked, database_url=url)
         try:
             return supervise(processes(run), {**os.environ, "DATABASE_URL": url})
         finally:
