@@ -124,6 +124,9 @@ def test_console_counts_requests_by_route_template_and_status(
             assert client.get(f"/api/v1/projects/{uuid.uuid4()}").status_code == 401
         for _ in range(5):
             assert client.get(f"/no/such/page/{uuid.uuid4()}").status_code == 404
+        for _ in range(2):
+            assert client.get("/static/console.css").status_code == 200
+        assert client.get(f"/static/{uuid.uuid4()}.css").status_code == 404
     text = scrape(metrics_port)
     after = parse(text)
 
@@ -135,6 +138,8 @@ def test_console_counts_requests_by_route_template_and_status(
     assert moved(requests, route="/api/v1/projects", method="GET", status="401") == 3
     assert moved(requests, route="/api/v1/projects/{project_id}", method="GET", status="401") == 4
     assert moved(requests, route="unmatched", method="GET", status="404") == 5
+    assert moved(requests, route="/static/{path}", method="GET", status="200") == 2
+    assert moved(requests, route="/static/{path}", method="GET", status="404") == 1
     durations = "parity_console_request_duration_seconds_count"
     assert moved(durations, route="/healthz", method="GET") == 7
     # Bounded labels: templates, never the ids or paths requested.
