@@ -30,7 +30,7 @@ import pytest
 from console.auth import Authenticator
 from console.settings import ConsoleSettings
 from shared import apikeys, projects
-from shared.db import Database
+from shared.db import Database, is_transaction_pooler
 from shared.errors import ParityError
 from shared.users import User as AuthUser
 from tests.conftest import MakeUser
@@ -298,3 +298,21 @@ def test_console_answers_each_user_over_one_server_connection(
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=20)
     assert "prepared statement" not in err.decode()
+
+
+def test_prepared_statements_are_off_by_themselves_on_supabases_transaction_pooler() -> None:
+    pooled = "postgresql://postgres.ref:pw@aws-0-eu-west-1.pooler.supabase.com:6543/postgres"
+    assert is_transaction_pooler(pooled)
+    assert is_transaction_pooler("host=pooler.example port=6543 dbname=postgres")
+    assert not is_transaction_pooler(pooled.replace(":6543", ":5432"))
+    assert not is_transaction_pooler("postgresql://postgres@localhost/postgres?host=/tmp")
+
+    def connection_kwargs(db: Database) -> dict[str, Any]:
+        kwargs = db.pool.kwargs
+        assert isinstance(kwargs, dict)
+        return kwargs
+
+    assert connection_kwargs(Database(pooled))["prepare_threshold"] is None
+    direct = Database(pooled.replace(":6543", ":5432"))
+    assert "prepare_threshold" not in connection_kwargs(direct)
+    assert "prepare_threshold" not in connection_kwargs(Database(pooled, prepared_statements=True))
