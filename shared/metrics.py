@@ -11,6 +11,7 @@ Labels stay bounded: environments, outcomes, codes, route templates; never a pro
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -24,6 +25,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Refresh = Callable[[], Awaitable[None]]
+Check = Callable[[], Awaitable[object]]
+"""A readiness check: returns when the dependency answers, raises (or outlasts the timeout) when
+it does not."""
 
 
 class MetricsSettings(BaseSettings):
@@ -89,6 +93,35 @@ class MetricsServer:
             await self._refresh()
         except Exception as exc:  # a scrape still answers, with the last values
             logger.warning("refreshing metrics failed: {!r}", exc)
+
+
+def health_routes(checks: Mapping[str, Check], *, timeout: float = 1.0) -> dict[str, Handler]:
+    """`/healthz` (the process answers) and `/readyz` (every check passes within `timeout`
+    seconds, run side by side; else 503 naming what failed), for the metrics server's `routes`."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def run(check: Check) -> str:
+        try:
+            async with asyncio.timeout(timeout):
+                await check()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}".strip()
+        return "ok"
+
+    async def readyz(request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(run(check) for check in checks.values()))
+        found = dict(zip(checks, results, strict=True))
+        ready = all(result == "ok" for result in found.values())
+        return web.json_response(
+            {"status": "ready" if ready else "unready", "checks": found},
+            status=200 if ready else 503,
+        )
+
+    return {"/healthz": healthz, "/readyz": readyz}
 
 
 @asynccontextmanager

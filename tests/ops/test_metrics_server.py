@@ -4,13 +4,16 @@ that still answers with the last values, and nothing served when no port is set.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
+import psycopg
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.metrics import MetricsServer, MetricsSettings, serve_metrics
+from shared.metrics import MetricsServer, MetricsSettings, health_routes, serve_metrics
 from tests.console.conftest import free_port_socket
 
 
@@ -90,3 +93,45 @@ async def test_no_port_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as http:
             await http.get(f"http://127.0.0.1:{port}/metrics")
+
+
+async def test_readyz_names_what_is_not_reachable(database_url: str) -> None:
+    closed = free_port()  # nothing listens there
+
+    async def database() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url, connect_timeout=1) as conn:
+            await conn.execute("select 1")
+
+    async def stopped_database() -> None:
+        url = f"postgresql://postgres@127.0.0.1:{closed}/postgres"
+        async with await psycopg.AsyncConnection.connect(url, connect_timeout=1) as conn:
+            await conn.execute("select 1")
+
+    async def hanging() -> None:
+        await asyncio.sleep(30)
+
+    cases = [
+        ({"database": database}, 200, {"database": "ok"}),
+        ({"database": database, "replica": stopped_database}, 503, None),
+        ({"database": database, "redis": hanging}, 503, None),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for checks, status, expected in cases:
+            port = free_port()
+            routes = health_routes(checks, timeout=1.0)
+            async with serve_metrics(
+                ExampleSettings(_env_file=None, metrics_port=port), routes=routes
+            ):
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                    assert answer.status == 200
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                    assert answer.status == status
+                    body = await answer.json()
+            assert body["status"] == ("ready" if status == 200 else "unready")
+            assert body["checks"]["database"] == "ok"
+            if expected is not None:
+                assert body["checks"] == expected
+            if "replica" in checks:
+                assert "OperationalError" in body["checks"]["replica"]
+            if "redis" in checks:
+                assert body["checks"]["redis"] == "no answer within 1 s"
