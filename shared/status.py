@@ -1,8 +1,9 @@
 """Read-only queries for operators: the webhook queue, workers' heartbeats, projects near their
 cap and recent suspensions. `parity status` shows them; the worker's metrics read the queue.
 
-Each query is bounded: the queue figures read only pending deliveries (the partial index
-`webhook_deliveries_due_idx`), and lists are limited.
+The queue figures read only pending deliveries (the partial index `webhook_deliveries_due_idx`),
+and lists are limited. The exhausted count has no index of its own and reads the deliveries table:
+fine for an operator's command (bounded by its statement timeout), not for a scrape.
 """
 
 from __future__ import annotations
