@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import uvicorn
 
 from console.app import create_app
+from console.metrics import ConsoleProcessSettings, RequestMetrics
 from console.settings import ConsoleSettings
 from shared.logging import configure_logging
+from shared.metrics import serve_metrics
 from shared.settings import PlatformSettings
 
 
@@ -21,13 +24,27 @@ def main(argv: list[str] | None = None) -> int:
 
     platform = PlatformSettings()
     settings = ConsoleSettings()
+    process = ConsoleProcessSettings()
     if not platform.database_url:
         parser.error("DATABASE_URL is not set (`make run` sets it)")
     configure_logging(log_format=platform.log_format, process="console")
     app = create_app(settings, platform)
     print(f"Console: http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
+    config = uvicorn.Config(
+        RequestMetrics(app),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=process.access_log,
+    )
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(uvicorn.Server(config), process))
     return 0
+
+
+async def _serve(server: uvicorn.Server, process: ConsoleProcessSettings) -> None:
+    async with serve_metrics(process):
+        await server.serve()
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def create_app(
         min_size=platform.db_pool_min_size,
         max_size=platform.db_pool_max_size,
         name="console",
+        prepared_statements=platform.db_prepared_statements,
     )
     auth = Authenticator(settings)
 

@@ -112,6 +112,7 @@ class Gateway:
             min_size=platform.db_pool_min_size,
             max_size=platform.db_pool_max_size,
             name="gateway",
+            prepared_statements=platform.db_prepared_statements,
         )
         self.cache = KeyCache(
             self.db,
@@ -146,7 +147,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(
                 listen_for_invalidations(
-                    self.platform.database_url,
+                    self.platform.session_database_url,
                     self.cache,
                     retry_seconds=self.settings.listener_retry_seconds,
                     connected=self.listening,

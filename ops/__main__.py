@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ops import database, keys_cmd, up, worker_cmd
+import psycopg
+
+from ops import database, keys_cmd, status_cmd, up, worker_cmd
+from shared.settings import PlatformSettings
+
+
+def adopt_running_database() -> None:
+    """With DATABASE_URL unset, commands work on the database a running `make run` uses."""
+    if PlatformSettings().database_url:
+        return
+    url = up.running_database_url(up.RunSettings().state_file)
+    if url:
+        os.environ["DATABASE_URL"] = url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +37,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     keys_cmd.register(commands)
     worker_cmd.register(commands)
+    status_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
         return up.main()
+    adopt_running_database()
     if args.command == "keys":
         return keys_cmd.run(args)
     if args.command == "migrate":
-        if args.bootstrap:
-            database.bootstrap(args.url)
-        print(database.push_migrations(args.url))
-        print(database.list_migrations(args.url))
+        try:
+            if args.bootstrap:
+                database.bootstrap(args.url)
+            else:
+                database.require_supabase_parts(args.url)
+            print(database.push_migrations(args.url))
+            print(database.list_migrations(args.url))
+        except (database.ProvisioningError, psycopg.Error) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
+    if args.command == "status":
+        return status_cmd.run(args)
     if args.command in {"suspensions", "deliveries"}:
         return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")

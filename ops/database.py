@@ -10,6 +10,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -62,19 +63,65 @@ def bootstrap(url: str) -> None:
         conn.execute(BOOTSTRAP_SQL.read_text().encode())
 
 
+_PROMPT_LINES: Final = {
+    # `--yes` answers the CLI's confirmation itself: the question and its answer are noise here.
+    "Do you want to push these migrations to the remote database?": "Migrations to apply:",
+    "[Y/n] y": None,
+}
+
+
 def run_cli(args: list[str], workdir: Path = REPO_ROOT) -> str:
+    """Run the pinned Supabase CLI; its output in the order it was written (stdout and stderr
+    share one pipe), without the confirmation prompt `--yes` answered."""
     result = subprocess.run(
         [str(supabase_cli()), *args, "--workdir", str(workdir)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=300,
         check=False,
         env={**os.environ, "DO_NOT_TRACK": "1", "SUPABASE_TELEMETRY_DISABLED": "1"},
     )
-    output = (result.stdout + result.stderr).strip()
+    lines = []
+    for line in result.stdout.strip().splitlines():
+        replacement = _PROMPT_LINES.get(line.strip(), line)
+        if replacement is not None:
+            lines.append(replacement)
+    output = "\n".join(lines)
     if result.returncode != 0:
         raise ProvisioningError(f"supabase {' '.join(args[:2])} failed:\n{output}")
     return output
+
+
+SUPABASE_ROLES: Final = ("anon", "authenticated", "service_role")
+
+
+def missing_supabase_parts(url: str) -> list[str]:
+    """What of Supabase's roles and `auth` schema (which the migrations rely on) `url` lacks."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        roles = {
+            row[0]
+            for row in conn.execute(
+                "select rolname from pg_roles where rolname = any(%s)", (list(SUPABASE_ROLES),)
+            )
+        }
+        row = conn.execute("select to_regnamespace('auth') is not null").fetchone()
+    missing = [f"role {role}" for role in SUPABASE_ROLES if role not in roles]
+    if not (row and row[0]):
+        missing.append("schema auth")
+    return missing
+
+
+def require_supabase_parts(url: str) -> None:
+    """Refuse, with what to do, a database without Supabase's roles and `auth` schema."""
+    missing = missing_supabase_parts(url)
+    if missing:
+        raise ProvisioningError(
+            f"this database lacks what every Supabase project has ({', '.join(missing)}), which"
+            " the migrations rely on. On a local or test Postgres server, create them once with"
+            " `parity migrate --bootstrap --url <DATABASE_URL>` (never on a Supabase project:"
+            " it has them already)."
+        )
 
 
 def push_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:

@@ -1,7 +1,8 @@
 """The demo `make run` seeds: a demo user, one project per environment and a secret key for each.
 
 Run again, it reuses the user and the projects, revokes the demo keys it issued before and issues
-new ones, so the tokens it returns are always the only working demo keys.
+new ones, so the tokens it returns are always the only working demo keys (tokens are stored only
+as hashes: an earlier token cannot be shown again, so the caller says how many were revoked).
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ class DemoKey:
 
 async def seed_demo(db: Database) -> list[DemoKey]:
     """Seed (or refresh) the demo; return one fresh secret key per environment."""
+    keys, _ = await seed_demo_counting(db)
+    return keys
+
+
+async def seed_demo_counting(db: Database) -> tuple[list[DemoKey], int]:
+    """Seed (or refresh) the demo; return one fresh secret key per environment and how many
+    earlier demo keys were revoked."""
     seeded: list[DemoKey] = []
+    revoked = 0
     async with db.as_service() as conn:
         # The console's local sign-in lets its first sign-in set the demo user's password.
         owner = (await users.ensure_user(conn, DEMO_EMAIL)).id
@@ -53,6 +62,7 @@ async def seed_demo(db: Database) -> list[DemoKey]:
             for key in await apikeys.list_keys(conn, project.id):
                 if key.name == DEMO_KEY_NAME and key.status == "active":
                     await apikeys.revoke_key(conn, key.id)
+                    revoked += 1
             issued = await apikeys.create_key(conn, project.id, KeyKind.SECRET, name=DEMO_KEY_NAME)
             seeded.append(DemoKey(project.id, project.name, project.environment, issued.token))
-    return seeded
+    return seeded, revoked

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import psycopg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ops import database
-from ops.demo import DemoKey, seed_demo
+from ops.demo import DemoKey, seed_demo_counting
 from shared.db import Database
 from shared.settings import PlatformSettings
 
@@ -34,7 +38,34 @@ class RunSettings(BaseSettings):
     console_port: int = Field(default=8000, ge=1, le=65535)
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     upstream_port: int = Field(default=8081, ge=1, le=65535)
+    worker_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    console_metrics_port: int = Field(default=9102, ge=1, le=65535)
     seed_demo: bool = True
+    state_file: Path = Field(
+        default=database.DATA_DIR / "run.json",
+        description="Where a running `make run` records its database for `parity` commands.",
+    )
+
+
+def record_running_database(path: Path, url: str) -> None:
+    """Let `parity` commands in other shells find this run's database (owner-only file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"pid": os.getpid(), "database_url": url}, out)
+
+
+def running_database_url(path: Path) -> str | None:
+    """The database of the `make run` that is running now, if one is."""
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no file, unreadable, or its `make run` has ended
+    url = state.get("database_url")
+    return url if isinstance(url, str) and url else None
 
 
 @dataclass(frozen=True)
@@ -67,10 +98,20 @@ def processes(run: RunSettings) -> list[ProcessSpec]:
             env={
                 "WORKER_ALLOW_PRIVATE_TARGETS": os.environ.get(
                     "WORKER_ALLOW_PRIVATE_TARGETS", "true"
-                )
+                ),
+                "WORKER_METRICS_HOST": run.host,
+                "WORKER_METRICS_PORT": str(run.worker_metrics_port),
             },
         ),
-        ProcessSpec("console", "console", ("--host", run.host, "--port", str(run.console_port))),
+        ProcessSpec(
+            "console",
+            "console",
+            ("--host", run.host, "--port", str(run.console_port)),
+            {
+                "CONSOLE_METRICS_HOST": run.host,
+                "CONSOLE_METRICS_PORT": str(run.console_metrics_port),
+            },
+        ),
     ]
 
 
@@ -112,14 +153,21 @@ def supervise(specs: list[ProcessSpec], env: dict[str, str]) -> int:
     return exit_code
 
 
-async def _seed(url: str) -> list[DemoKey]:
+async def _seed(url: str) -> tuple[list[DemoKey], int]:
     async with Database(url, min_size=1, max_size=1) as db:
-        return await seed_demo(db)
+        return await seed_demo_counting(db)
 
 
-def print_banner(run: RunSettings, keys: list[DemoKey]) -> None:
+def print_banner(
+    run: RunSettings, keys: list[DemoKey], *, revoked: int = 0, database_url: str = ""
+) -> None:
     gateway_url = f"http://{run.host}:{run.gateway_port}"
-    lines = ["", "Demo keys (shown once; `make run` issues new ones each time):"]
+    lines = ["", "Demo keys (shown once; every `make run` issues new ones):"]
+    if revoked:
+        lines.append(
+            f"  The {revoked} demo keys printed by earlier runs were revoked: their curls now"
+            " answer 401 INVALID_API_KEY."
+        )
     for key in keys:
         lines.append(f"  {key.project_name} [{key.environment.value}]")
         lines.append(f"    {key.curl(gateway_url)}")
@@ -127,9 +175,14 @@ def print_banner(run: RunSettings, keys: list[DemoKey]) -> None:
         "",
         f"Gateway: {gateway_url}  (forwards to the demo upstream)",
         f"Console: http://{run.host}:{run.console_port}/",
+        f"Metrics: worker http://{run.host}:{run.worker_metrics_port}/metrics,"
+        f" console http://{run.host}:{run.console_metrics_port}/metrics",
         "  Sign in with any email and a password of 8+ characters: the first sign-in creates the",
         "  account. Sign in as demo@example.com to see the demo projects (your first password",
         "  becomes its password).",
+        "",
+        "`parity` commands find this database while `make run` is up; elsewhere:",
+        f"  export DATABASE_URL={shlex.quote(database_url)}",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -141,17 +194,28 @@ def main() -> int:
     settings = PlatformSettings()
     run = RunSettings()
     embedded = not settings.database_url
-    url = database.start_embedded() if embedded else settings.database_url
-    where = "embedded Postgres (pgserver)" if embedded else "DATABASE_URL"
-    print(f"Database ({where}): {url}", flush=True)
     try:
-        if embedded:
-            database.bootstrap(url)
-        print(database.push_migrations(url), flush=True)
-        print("Applied migrations:", ", ".join(database.applied_migrations(url)), flush=True)
-        keys = asyncio.run(_seed(url)) if run.seed_demo else []
-        print_banner(run, keys)
-        return supervise(processes(run), {**os.environ, "DATABASE_URL": url})
+        url = database.start_embedded() if embedded else settings.database_url
+        where = "embedded Postgres (pgserver)" if embedded else "DATABASE_URL"
+        print(f"Database ({where}): {url}", flush=True)
+        try:
+            if embedded:
+                database.bootstrap(url)
+            else:
+                database.require_supabase_parts(url)
+            print(database.push_migrations(url), flush=True)
+            print("Applied migrations:", ", ".join(database.applied_migrations(url)), flush=True)
+            keys, revoked = asyncio.run(_seed(url)) if run.seed_demo else ([], 0)
+        except (database.ProvisioningError, psycopg.Error) as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        record_running_database(run.state_file, url)
+        print_banner(run, keys, revoked=revoked, database_url=url)
+        try:
+            return supervise(processes(run), {**os.environ, "DATABASE_URL": url})
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                run.state_file.unlink()
     finally:
         if embedded:
             with contextlib.suppress(Exception):

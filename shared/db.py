@@ -16,6 +16,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection, errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -61,20 +62,48 @@ def translate_error(exc: psycopg.Error) -> ParityError:
     return ParityError(message, hint=hint)
 
 
+TRANSACTION_POOLER_PORT = "6543"
+"""Supabase's transaction-mode pooler listens here (its session mode on 5432)."""
+
+
+def is_transaction_pooler(url: str) -> bool:
+    """Whether `url` names Supabase's transaction pooler, where prepared statements break."""
+    try:
+        return str(conninfo_to_dict(url).get("port")) == TRANSACTION_POOLER_PORT
+    except psycopg.ProgrammingError:
+        return False
+
+
 class Database:
-    """The pool every process uses. Open it once, at start-up, and close it at shutdown."""
+    """The pool every process uses. Open it once, at start-up, and close it at shutdown.
+
+    Behind a transaction-mode pooler (PgBouncer, Supavisor) consecutive transactions may run on
+    different server connections, so psycopg's prepared statements must be off: pass
+    `prepared_statements=False`, or leave it unset to decide from the URL's port.
+    """
 
     def __init__(
-        self, url: str, *, min_size: int = 1, max_size: int = 10, name: str = "parity"
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        name: str = "parity",
+        prepared_statements: bool | None = None,
     ) -> None:
         self.url = url
+        if prepared_statements is None:
+            prepared_statements = not is_transaction_pooler(url)
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
+        if not prepared_statements:
+            kwargs["prepare_threshold"] = None
         self.pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
             open=False,
             name=name,
-            kwargs={"row_factory": dict_row, "autocommit": True},
+            kwargs=kwargs,
             # A connection killed under us (failover, pg_terminate_backend) is noticed and replaced
             # before it is handed out, rather than failing the next query.
             check=AsyncConnectionPool.check_connection,

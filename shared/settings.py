@@ -25,6 +25,16 @@ class PlatformSettings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "PARITY_DATABASE_URL"),
         description="Postgres connection URL. Empty: `make run` starts an embedded Postgres.",
     )
+    database_session_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_SESSION_URL", "PARITY_DATABASE_SESSION_URL"),
+        description="A session (direct) connection for LISTEN; empty: DATABASE_URL.",
+    )
+    db_prepared_statements: bool | None = Field(
+        default=None,
+        description="psycopg's prepared statements. Unset: off when DATABASE_URL is Supabase's"
+        " transaction pooler (port 6543), else on. Set false behind any transaction-mode pooler.",
+    )
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "PARITY_REDIS_URL"),
@@ -43,3 +53,8 @@ class PlatformSettings(BaseSettings):
         default=1_000_000, ge=1, description="Hard cap of requests per cap window."
     )
     cap_window_seconds: int = Field(default=86_400, ge=1)
+
+    @property
+    def session_database_url(self) -> str:
+        """Where LISTEN connections go: a transaction pooler cannot hold them."""
+        return self.database_session_url or self.database_url

@@ -16,16 +16,19 @@ from pydantic import ValidationError
 
 from shared.logging import configure_logging
 from shared.settings import PlatformSettings
+from worker import metrics
 from worker.app import Worker, check
+from worker.metrics import WorkerMetricsSettings
 from worker.settings import WorkerSettings
 
 
-async def _run(worker: Worker, *, drain: bool) -> int:
+async def _run(worker: Worker, metrics_settings: WorkerMetricsSettings, *, drain: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, stop, signum)
-    return await worker.run(stop, drain=drain)
+    async with metrics.serve(worker.platform, metrics_settings):
+        return await worker.run(stop, drain=drain)
 
 
 def _on_signal(stop: asyncio.Event, signum: int) -> None:
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         platform = PlatformSettings()
         settings = WorkerSettings()
+        metrics_settings = WorkerMetricsSettings()
     except ValidationError as exc:
         parser.error(f"invalid settings (environment variables): {exc}")
     configure_logging(level=settings.log_level, log_format=platform.log_format, process="worker")
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if args.check:
             return runner.run(check(platform, settings))
-        return runner.run(_run(Worker(platform, settings), drain=args.drain))
+        return runner.run(_run(Worker(platform, settings), metrics_settings, drain=args.drain))
 
 
 if __name__ == "__main__":

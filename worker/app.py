@@ -17,7 +17,7 @@ from loguru import logger
 from shared.db import Database
 from shared.errors import DatabaseUnavailable, ParityError
 from shared.settings import PlatformSettings
-from worker import autosuspend, heartbeat
+from worker import autosuspend, heartbeat, metrics
 from worker.autosuspend import SweepResult
 from worker.dispatcher import Dispatcher, wait_any
 from worker.errors import is_transient
@@ -30,6 +30,7 @@ EXIT_OK = 0
 EXIT_TASK_DIED = 1
 
 
+@metrics.timed_sweep
 async def sweep(db: Database, settings: WorkerSettings) -> SweepResult:
     """Sweep every unhandled violator, batch by batch (each batch one transaction)."""
     total = SweepResult(0, 0, 0)
@@ -67,6 +68,7 @@ class Worker:
             min_size=max(1, self.platform.db_pool_min_size),
             max_size=max(4, self.platform.db_pool_max_size),
             name=f"worker-{self.worker_id}",
+            prepared_statements=self.platform.db_prepared_statements,
         )
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> int:
@@ -95,7 +97,7 @@ class Worker:
             "dispatcher": dispatcher.run(stop),
             "heartbeat": self._heartbeat_loop(db, dispatcher, stop),
             "listener": listen(
-                self.platform.database_url,
+                self.platform.session_database_url,
                 wake,
                 reconnect_max_seconds=self.settings.listen_reconnect_max_seconds,
             ),

@@ -15,6 +15,7 @@ from shared import events, suspensions
 from shared.db import Connection
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Violation
+from worker import metrics
 
 SUSPEND_REASON = "request cap exceeded"
 
@@ -99,5 +100,10 @@ async def sweep_batch(conn: Connection, *, limit: int) -> SweepResult:
             )
             for f in to_warn
         ],
+    )
+    environments = {f.violation.project_id: f.environment for f in found}
+    metrics.count_sweep_actions(
+        suspended=[environments[s.project_id] for s in created],
+        warned=[f.environment for f in to_warn],
     )
     return SweepResult(violators=len(found), suspended=len(created), warned=len(to_warn))

@@ -20,7 +20,7 @@ from loguru import logger
 from shared.db import Database
 from shared.environment import Environment
 from shared.errors import DatabaseUnavailable, ParityError
-from worker import queue
+from worker import metrics, queue
 from worker.errors import is_transient
 from worker.queue import AttemptResult, ClaimedDelivery, Outcome
 from worker.retry import RetryPolicy
@@ -200,6 +200,7 @@ class Dispatcher:
                 if not self._inflight:
                     self._idle.set()
             result = classify(delivery, response, self._policies[delivery.environment])
+            metrics.count_attempt(delivery.environment, result.outcome)
             if result.outcome == "succeeded":
                 self.stats.succeeded += 1
                 logger.debug("delivered {} (attempt {})", delivery.id, result.attempt_number)

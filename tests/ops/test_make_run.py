@@ -1,5 +1,7 @@
 """`make run` end to end: `python -m ops up` migrates, seeds, starts the upstream, gateway, worker
-and console, prints keys whose curl works as printed, and stops everything on SIGTERM."""
+and console, prints keys whose curl works as printed, serves metrics where it says, lets `parity`
+commands in another shell find its database with nothing exported, and stops everything on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,13 +41,14 @@ def wait_for(url: str, deadline: float) -> httpx.Response:
 
 
 def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("console", "gateway", "upstream")}
+    names = ("console", "gateway", "upstream", "worker_metrics", "console_metrics")
+    ports = {name: free_port() for name in names}
+    state_file = tmp_path / "run.json"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "RUN_CONSOLE_PORT": str(ports["console"]),
-        "RUN_GATEWAY_PORT": str(ports["gateway"]),
-        "RUN_UPSTREAM_PORT": str(ports["upstream"]),
+        **{f"RUN_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        "RUN_STATE_FILE": str(state_file),
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "up.log"
@@ -86,6 +91,41 @@ def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) ->
                 check=False,
             )
             assert check.returncode == 0, check.stderr
+
+            assert "[Y/n]" not in output
+            assert f"export DATABASE_URL={shlex.quote(database_url)}" in output
+
+            # Another shell, nothing exported: `parity` finds the running database.
+            with psycopg.connect(database_url) as conn:
+                row = conn.execute(
+                    "select id from public.projects where name = 'Demo Production'"
+                ).fetchone()
+            assert row is not None
+            bare = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+            listing = subprocess.run(
+                [sys.executable, "-m", "ops", "keys", "list", "--project", str(row[0])],
+                cwd=REPO_ROOT,
+                env={**bare, "RUN_STATE_FILE": str(state_file)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert listing.returncode == 0, listing.stderr
+            assert " prod  active " in listing.stdout, listing.stdout
+
+            for name in ("worker_metrics", "console_metrics"):
+                url = f"http://127.0.0.1:{ports[name]}/metrics"
+                assert url in output
+                families = {
+                    f.name for f in text_string_to_metric_families(wait_for(url, deadline).text)
+                }
+                expected = (
+                    "parity_webhook_attempts"
+                    if name == "worker_metrics"
+                    else ("parity_console_requests")
+                )
+                assert expected in families
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -94,6 +134,7 @@ def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) ->
                 up.kill()
                 pytest.fail(f"`ops up` did not stop on SIGTERM:\n{log.read_text()}")
     assert code == 0, log.read_text()
+    assert not state_file.exists()
     for port in ports.values():
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
