@@ -1,5 +1,54 @@
-// Progressive enhancement only: every form works without this file.
+// Progressive enhancement only: every form and page works without this file.
 "use strict";
+
+const LIVE_INTERVAL_MS = 2000;
+
+// Replace a live region with a fresh copy from the server, keeping open <details> open.
+async function refresh(region) {
+  const open = new Set(
+    [...region.querySelectorAll("details[data-keep-open][open]")].map((d) => d.dataset.keepOpen),
+  );
+  const response = await fetch(region.dataset.liveSrc, {
+    credentials: "same-origin",
+    headers: { Accept: "text/html" },
+    cache: "no-store",
+    redirect: "manual",
+  });
+  if (!response.ok) {
+    // Signed out, gone, or the server is away: stop quietly; a reload shows why.
+    return false;
+  }
+  const html = await response.text();
+  const fresh = new DOMParser().parseFromString(html, "text/html").body;
+  for (const details of fresh.querySelectorAll("details[data-keep-open]")) {
+    details.open = open.has(details.dataset.keepOpen);
+  }
+  region.replaceChildren(...fresh.childNodes);
+  return true;
+}
+
+function keepLive(region) {
+  let timer = null;
+  const tick = async () => {
+    timer = null;
+    let again = true;
+    if (!document.hidden) {
+      try {
+        again = await refresh(region);
+      } catch {
+        again = true; // a dropped connection: try again next time
+      }
+    }
+    if (again) timer = setTimeout(tick, LIVE_INTERVAL_MS);
+  };
+  timer = setTimeout(tick, LIVE_INTERVAL_MS);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && timer !== null) {
+      clearTimeout(timer);
+      timer = setTimeout(tick, 0);
+    }
+  });
+}
 
 document.addEventListener("DOMContentLoaded", () => {
   // The create form renders every environment's help text; show the selected one.
@@ -26,4 +75,14 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
+
+  // Opening a confirmation puts the cursor where the confirmation goes.
+  for (const details of document.querySelectorAll("details.danger-action")) {
+    details.addEventListener("toggle", () => {
+      if (details.open) details.querySelector("input:not([type=hidden])")?.focus();
+    });
+  }
+
+  // Live regions (the delivery log) poll their fragment.
+  for (const region of document.querySelectorAll("[data-live-src]")) keepLive(region);
 });
