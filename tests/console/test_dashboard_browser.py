@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 from standardwebhooks import Webhook
 
 from tests.console.conftest import json_server
@@ -25,8 +25,8 @@ from tests.worker.conftest import start_worker_process
 
 pytestmark = pytest.mark.browser
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=900)
+PHONE = ViewportSize(width=390, height=844)
 RED = "rgb(207, 34, 46)"
 PASSWORD = "correct horse"
 
@@ -53,7 +53,7 @@ def browser() -> Iterator[Browser]:
 def new_page(browser: Browser, served_console: str) -> NewPage:
     """A page in a fresh context: a viewport, and JavaScript on or off."""
 
-    def make(viewport: dict[str, int] = DESKTOP, javascript: bool = True) -> Page:
+    def make(viewport: ViewportSize = DESKTOP, javascript: bool = True) -> Page:
         context = browser.new_context(
             base_url=served_console, viewport=viewport, java_script_enabled=javascript
         )
@@ -227,7 +227,7 @@ def geometry(page: Page) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("viewport", "tag"), [(DESKTOP, "1280"), (PHONE, "390")])
 def test_layout_holds_with_long_names_and_urls(
-    new_page: NewPage, viewport: dict[str, int], tag: str
+    new_page: NewPage, viewport: ViewportSize, tag: str
 ) -> None:
     page = new_page(viewport)
     sign_in(page, f"layout-{tag}-with-a-rather-long-address@example-enterprise-customer.com")
