@@ -9,7 +9,7 @@ secret, shown once; a refusal with the database's hint; a notice) travels in a o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -274,6 +274,7 @@ async def create_project(
                 user_id=str(session.user_id),
                 error=exc.message,
                 hint=exc.hint,
+                section="create",
                 form=kept,
             ),
             anchor="#create",
@@ -407,14 +408,19 @@ async def act(
         if status_of(exc) in (401, 404):
             raise
         refused = Flash(
-            target=target, user_id=str(session.user_id), error=exc.message, hint=exc.hint
+            target=target,
+            user_id=str(session.user_id),
+            error=exc.message,
+            hint=exc.hint,
+            section=anchor.lstrip("#"),
         )
         return redirect_with(request, refused, anchor=anchor)
     if isinstance(result, Response):
         return result
     if result is None:
         return see_other(target + anchor)
-    return redirect_with(request, result, anchor=anchor)
+    # Said where the page opens (the anchor), not at its top out of sight.
+    return redirect_with(request, replace(result, section=anchor.lstrip("#")), anchor=anchor)
 
 
 def flash_for(session: Session, project: Project, **fields: Any) -> Flash:

@@ -43,6 +43,8 @@ class Flash:
     secret_label: str | None = None
     """What the secret belongs to: the key's name, the endpoint's URL."""
     secret: str | None = field(default=None, repr=False)
+    section: str = ""
+    """The id of the part of the page it concerns, where it is shown (empty: the top)."""
     form: dict[str, str] = field(default_factory=dict)
     """Fields of a refused form, to fill it in again (never secrets)."""
     nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
