@@ -347,25 +347,35 @@ async def show_project(
 async def delivery_log(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession
 ) -> Response:
-    """The delivery log alone: what the project page polls to show deliveries as they happen."""
+    """The delivery log and each endpoint's counts alone: what the project page polls to show
+    deliveries as they happen."""
     async with state.db.as_user(session.user_id, session.claims) as conn:
         project = await projects.get_project(conn, project_id)
         endpoints = await webhooks.list_endpoints(conn, project_id)
+        counts = await deliveries.counts_by_endpoint(conn, project_id)
         recent = await deliveries.list_deliveries(
             conn, project_id, limit=state.settings.deliveries_page_size
         )
         attempts = await deliveries.attempts_by_delivery(conn, [d.id for d in recent])
     return render(
         request,
-        "deliveries.html",
+        "live.html",
         {
             "session": session,
             "project": project,
             "endpoints": {e.id: e for e in endpoints},
+            "counts": counts,
             "deliveries": recent,
             "attempts": attempts,
         },
     )
+
+
+@router.get("/projects/{project_id}/{action:path}")
+async def action_address(project_id: UUID) -> Response:
+    """An action's address opened directly (a bookmark, a pasted link): nothing happens there on a
+    GET, so show the project it belongs to instead of an error."""
+    return see_other(project_path(project_id))
 
 
 def confirm_destructive(project: Project, form: dict[str, str], what: str) -> None:

@@ -3,10 +3,11 @@
 
 const LIVE_INTERVAL_MS = 2000;
 
-// Replace a live region with a fresh copy from the server, keeping open <details> open.
+// Fetch a live region's source and replace every part of the page it sends (elements with the
+// same data-live-id), keeping open <details> open.
 async function refresh(region) {
   const open = new Set(
-    [...region.querySelectorAll("details[data-keep-open][open]")].map((d) => d.dataset.keepOpen),
+    [...document.querySelectorAll("details[data-keep-open][open]")].map((d) => d.dataset.keepOpen),
   );
   const response = await fetch(region.dataset.liveSrc, {
     credentials: "same-origin",
@@ -18,12 +19,15 @@ async function refresh(region) {
     // Signed out, gone, or the server is away: stop quietly; a reload shows why.
     return false;
   }
-  const html = await response.text();
-  const fresh = new DOMParser().parseFromString(html, "text/html").body;
+  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
   for (const details of fresh.querySelectorAll("details[data-keep-open]")) {
     details.open = open.has(details.dataset.keepOpen);
   }
-  region.replaceChildren(...fresh.childNodes);
+  for (const part of fresh.querySelectorAll("[data-live-id]")) {
+    const id = CSS.escape(part.dataset.liveId);
+    const target = document.querySelector(`[data-live-id="${id}"]`);
+    if (target) target.replaceChildren(...part.childNodes);
+  }
   return true;
 }
 

@@ -163,6 +163,10 @@ async def test_project_pages_badges_banner_and_secrets_shown_once(
     assert match is not None
     assert match[1].startswith("nm_dev_sk_")
     assert 'parity_flash=""' in set_cookie_header(shown, "parity_flash")  # consumed
+    # The action's address opened directly does nothing and leads to the project.
+    opened = await client.get(f"/projects/{ids['dev']}/keys")
+    assert opened.status_code == 303
+    assert opened.headers["location"] == f"/projects/{ids['dev']}"
     # Reloading shows the key's display form only, and creates nothing.
     again = await client.get(f"/projects/{ids['dev']}")
     assert match[1] not in again.text

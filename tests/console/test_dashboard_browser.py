@@ -182,6 +182,10 @@ def test_delivery_log_shows_a_test_events_success_without_reload(
             expect(row).to_contain_text("webhook.test")
             status = row.locator(".delivery-status")
             expect(status).to_contain_text("succeeded (200)", timeout=45_000)
+            # The endpoint's counts follow along, on the same page.
+            counts = page.locator("#endpoint-list .endpoint-counts .counts")
+            expect(counts).to_have_attribute("data-succeeded", "1")
+            expect(counts).to_contain_text("1 succeeded, 0 failed")
             assert page.evaluate("window.__sameDocument") is True
             shot(page, "22-delivery-arrived-live")
         finally:
