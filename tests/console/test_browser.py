@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"  # Debian's package
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -30,8 +31,9 @@ BADGES = {
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def page(served_console: str) -> Iterator[Page]:
+@contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, through Playwright (skips when it is not installed)."""
     chromium = Path(os.environ.get("PARITY_CHROMIUM", DEFAULT_CHROMIUM))
     if not chromium.exists():
         pytest.skip(f"Chromium not found at {chromium}")
@@ -41,11 +43,17 @@ def page(served_console: str) -> Iterator[Page]:
             executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            context = browser.new_context(base_url=served_console)
-            context.set_default_timeout(15_000)
-            yield context.new_page()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(served_console: str) -> Iterator[Page]:
+    with chromium_browser() as browser:
+        context = browser.new_context(base_url=served_console)
+        context.set_default_timeout(15_000)
+        yield context.new_page()
 
 
 def shot(page: Page, name: str) -> None:

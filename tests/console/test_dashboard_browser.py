@@ -7,20 +7,18 @@ test-artifacts/console/."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 from standardwebhooks import Webhook
 
 from tests.console.conftest import json_server
-from tests.console.test_browser import ARTIFACTS, BADGES, CHROMIUM_ARGS, DEFAULT_CHROMIUM
+from tests.console.test_browser import ARTIFACTS, BADGES, chromium_browser
 from tests.worker.conftest import start_worker_process
 
 pytestmark = pytest.mark.browser
@@ -35,18 +33,8 @@ NewPage = Callable[..., Page]
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    chromium = Path(os.environ.get("PARITY_CHROMIUM", DEFAULT_CHROMIUM))
-    if not chromium.exists():
-        pytest.skip(f"Chromium not found at {chromium}")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium_browser() as launched:
+        yield launched
 
 
 @pytest.fixture
