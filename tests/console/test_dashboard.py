@@ -4,11 +4,13 @@ as the signed-in user, secrets shown once and prod's typed confirmations."""
 from __future__ import annotations
 
 import re
+from uuid import uuid4
 
 import httpx
 from loguru import logger
 
 from console.context import CSRF_COOKIE, CSRF_FIELD
+from console.flash import Flash, FlashBox
 from shared.db import Database
 
 TOKEN_IN_PAGE = re.compile(r'id="new-key-value">(nm_[A-Za-z0-9_]+)<')
@@ -422,3 +424,40 @@ async def test_favicon(client: httpx.AsyncClient) -> None:
     assert icon.headers["content-type"] == "image/x-icon"
     assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO header
     assert '<link rel="icon" href="/favicon.ico"' in (await client.get("/signin")).text
+
+
+async def test_rotating_a_key_shows_the_new_secret_once(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    await sign_in(client, "ada@example.com", "correct horse")
+    token = csrf_token(await client.get("/projects"))
+    project = await create_project(client, token, "lab", "dev")
+    await client.post(f"{project}/keys", data={"kind": "sk", CSRF_FIELD: token})
+    first = TOKEN_IN_PAGE.search((await client.get(project)).text)
+    assert first is not None
+    [key] = (await client.get(f"/api/v1{project}/keys")).json()
+    rotated = await client.post(
+        f"{project}/keys/{key['id']}/rotate", data={"grace_hours": "1", CSRF_FIELD: token}
+    )
+    assert rotated.status_code == 303
+    second = TOKEN_IN_PAGE.search((await client.get(project)).text)
+    assert second is not None and second[1] != first[1]
+    assert second[1] not in (await client.get(project)).text
+    assert await count_keys(db, project.rsplit("/", 1)[1]) == 2
+
+
+def test_a_flash_opens_once_for_its_page_and_user_only() -> None:
+    box = FlashBox("a-secret-of-at-least-thirty-two-characters")
+    user = uuid4()
+    sealed = box.seal(Flash(target="/projects/a", user_id=str(user), secret="nm_dev_sk_x"))
+    assert "nm_dev_sk_x" not in sealed
+    assert box.open(sealed, path="/projects/b", user_id=user) is None
+    assert box.open(sealed, path="/projects/a", user_id=uuid4()) is None
+    tampered = sealed[:40] + ("B" if sealed[40] != "B" else "C") + sealed[41:]
+    assert box.open(tampered, path="/projects/a", user_id=user) is None
+    other = FlashBox("another-secret-of-at-least-thirty-two-chars")
+    assert other.open(sealed, path="/projects/a", user_id=user) is None
+    opened = box.open(sealed, path="/projects/a", user_id=user)
+    assert opened is not None and opened.secret == "nm_dev_sk_x"
+    assert "nm_dev_sk_x" not in repr(opened)
+    assert box.open(sealed, path="/projects/a", user_id=user) is None  # once
