@@ -26,6 +26,9 @@ FLASH_COOKIE: Final = "parity_flash"
 FLASH_TTL_SECONDS: Final = 120
 """Long enough for a redirect on a slow connection; a reload after that shows nothing."""
 
+MAX_TEXT: Final = 400
+_SHORTENED: Final = ("notice", "error", "hint", "secret_label")
+
 IssuedFor = Literal["key", "endpoint"]
 
 
@@ -60,7 +63,14 @@ class FlashBox:
         self._opened: dict[str, float] = {}
 
     def seal(self, flash: Flash) -> str:
-        return self._fernet.encrypt(json.dumps(asdict(flash)).encode()).decode("ascii")
+        data = asdict(flash)
+        # A cookie holds about 4 KB: texts that echo input (an endpoint's URL, a refused value)
+        # are shortened so the flash is never silently dropped by the browser.
+        for name in _SHORTENED:
+            text = data[name]
+            if text is not None and len(text) > MAX_TEXT:
+                data[name] = text[: MAX_TEXT - 1] + "…"
+        return self._fernet.encrypt(json.dumps(data).encode()).decode("ascii")
 
     def open(self, value: str | None, *, path: str, user_id: UUID) -> Flash | None:
         """The flash in `value` if it is genuine, fresh, for this page and this user, and not

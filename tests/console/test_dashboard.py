@@ -461,3 +461,15 @@ def test_a_flash_opens_once_for_its_page_and_user_only() -> None:
     assert opened is not None and opened.secret == "nm_dev_sk_x"
     assert "nm_dev_sk_x" not in repr(opened)
     assert box.open(sealed, path="/projects/a", user_id=user) is None  # once
+
+
+async def test_a_refusal_echoing_long_input_still_arrives(client: httpx.AsyncClient) -> None:
+    await sign_in(client, "ada@example.com", "correct horse")
+    token = csrf_token(await client.get("/projects"))
+    project = await create_project(client, token, "lab", "dev")
+    refused = await client.post(
+        f"{project}/webhooks",
+        data={"url": "https://example.com/h", "event_types": "Bad" * 2000, CSRF_FIELD: token},
+    )
+    assert len(set_cookie_header(refused, "parity_flash")) < 4000
+    assert "invalid event type" in (await client.get(project)).text
