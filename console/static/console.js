@@ -1,7 +1,11 @@
 // Progressive enhancement only: every form and page works without this file.
 "use strict";
 
-const LIVE_INTERVAL_MS = 2000;
+// Poll often while a delivery is pending (something is about to change), gently otherwise.
+const LIVE_BUSY_MS = 2000;
+const LIVE_IDLE_MS = 10000;
+const pause = (region) =>
+  region.querySelector('[data-status="pending"]') ? LIVE_BUSY_MS : LIVE_IDLE_MS;
 
 // Fetch a live region's source and replace every part of the page it sends (elements with the
 // same data-live-id), keeping open <details> open.
@@ -43,9 +47,9 @@ function keepLive(region) {
         again = true; // a dropped connection: try again next time
       }
     }
-    if (again) timer = setTimeout(tick, LIVE_INTERVAL_MS);
+    if (again) timer = setTimeout(tick, pause(region));
   };
-  timer = setTimeout(tick, LIVE_INTERVAL_MS);
+  timer = setTimeout(tick, pause(region));
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && timer !== null) {
       clearTimeout(timer);
