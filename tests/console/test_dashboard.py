@@ -203,7 +203,7 @@ async def test_another_users_flash_is_not_shown(client: httpx.AsyncClient) -> No
 
 
 async def test_destructive_actions_need_confirmation_in_every_environment(
-    client: httpx.AsyncClient, db: Database
+    client: httpx.AsyncClient,
 ) -> None:
     await sign_in(client, "ada@example.com", "correct horse")
     token = csrf_token(await client.get("/projects"))
