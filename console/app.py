@@ -19,6 +19,7 @@ from console import api, dashboard
 from console.auth import Authenticator, Csrf, Unauthenticated
 from console.context import Console
 from console.errors import status_of
+from console.flash import FlashBox
 from console.schemas import ErrorBody, ErrorOut, FieldError
 from console.settings import ConsoleSettings
 from console.signin import LocalSignIn, SignIn, SupabaseSignIn
@@ -138,6 +139,8 @@ def create_app(
         csrf=Csrf(settings.jwt_secret),
         sign_in=build_sign_in(settings, db, auth),
         templates=Jinja2Templates(directory=HERE / "templates"),
+        platform=platform,
+        flash=FlashBox(settings.jwt_secret),
     )
     app.add_exception_handler(ParityError, on_parity_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -10,9 +10,11 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from console.auth import Authenticator, Csrf, Session, Unauthenticated
+from console.flash import FlashBox
 from console.settings import ConsoleSettings
 from console.signin import SignIn
 from shared.db import Database
+from shared.settings import PlatformSettings
 
 CSRF_COOKIE = "parity_csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -28,6 +30,8 @@ class Console:
     csrf: Csrf
     sign_in: SignIn
     templates: Jinja2Templates
+    platform: PlatformSettings
+    flash: FlashBox
 
 
 def get_console(request: Request) -> Console:

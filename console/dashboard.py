@@ -1,17 +1,23 @@
 """The dashboard: server-rendered pages over the same shared queries as the API, as the signed-in
-user. Forms post back here (CSRF-checked); a new secret is rendered into the response once and
-never stored where it could be shown again."""
+user.
+
+Every form posts back here (CSRF-checked) and is answered with a redirect (303, POST/redirect/GET),
+so reloading a page never repeats an action. What an action has to say on the next page (a new
+secret, shown once; a refusal with the database's hint; a notice) travels in a one-time flash
+(`console.flash`), never in a URL."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from markupsafe import Markup
 
 from console.auth import Session
 from console.context import (
@@ -24,7 +30,8 @@ from console.context import (
     get_console,
 )
 from console.errors import status_of
-from shared import apikeys, deliveries, projects, suspensions, webhooks
+from console.flash import FLASH_COOKIE, FLASH_TTL_SECONDS, Flash
+from shared import apikeys, deliveries, projects, suspensions, usage, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
@@ -33,6 +40,7 @@ from shared.projects import Project
 router = APIRouter(include_in_schema=False)
 
 MAX_GRACE_HOURS: Final = 720
+FAVICON: Final = Path(__file__).resolve().parent / "static" / "favicon.ico"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,25 @@ def environment_help(config: EnvironmentConfig) -> EnvironmentHelp:
 ENVIRONMENTS = tuple(environment_help(get_environment_config(env)) for env in Environment)
 
 
+def when(moment: datetime | None, *, seconds: bool = False) -> Markup:
+    """A time as every page shows it: in UTC, saying so, machine-readable in `datetime`."""
+    if moment is None:
+        return Markup("")
+    utc = moment.astimezone(UTC)
+    shown = utc.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return Markup('<time datetime="{}">{} UTC</time>').format(utc.isoformat(), shown)
+
+
+def number(value: float) -> str:
+    """Thousands separated, at most one decimal: 1,234 or 12.5."""
+    return f"{value:,.0f}" if float(value).is_integer() or value >= 100 else f"{value:,.1f}"
+
+
+def percent(value: float) -> str:
+    """82 for 82.4; one decimal below 10 (0.4), so a little use does not read as none."""
+    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
+
+
 def render(
     request: Request,
     template: str,
@@ -75,16 +102,33 @@ def render(
     status: int = 200,
     no_store: bool = False,
 ) -> HTMLResponse:
-    """A page with a CSRF token for its forms (and the cookie it is checked against)."""
+    """A page with a CSRF token for its forms (and the cookie it is checked against), and the
+    flash meant for it, shown this once."""
     state = get_console(request)
     nonce = request.cookies.get(CSRF_COOKIE)
     fresh = nonce is None
     if nonce is None:
         nonce = state.csrf.new_nonce()
+    session = context.get("session")
+    flash = (
+        state.flash.open(
+            request.cookies.get(FLASH_COOKIE), path=request.url.path, user_id=session.user_id
+        )
+        if isinstance(session, Session) and request.method == "GET"
+        else None
+    )
     response = state.templates.TemplateResponse(
         request,
         template,
-        {"csrf_field": CSRF_FIELD, "csrf_token": state.csrf.token_for(nonce), **context},
+        {
+            "csrf_field": CSRF_FIELD,
+            "csrf_token": state.csrf.token_for(nonce),
+            "flash": flash,
+            "when": when,
+            "number": number,
+            "percent": percent,
+            **context,
+        },
         status_code=status,
     )
     if fresh:
@@ -95,7 +139,17 @@ def render(
             secure=state.settings.cookie_secure,
             samesite=state.settings.cookie_samesite,
         )
-    if no_store:
+    if flash is not None:
+        # Shown: the browser drops it, so a reload (or Back) shows the page without it.
+        response.delete_cookie(
+            FLASH_COOKIE,
+            path="/",
+            httponly=True,
+            secure=state.settings.cookie_secure,
+            samesite=state.settings.cookie_samesite,
+        )
+    if no_store or session is not None:
+        # Signed-in pages (one may carry a secret) are kept by neither the browser nor a proxy.
         response.headers["Cache-Control"] = "no-store"
     # Pages load only this site's own script and stylesheet: no inline code to inject into.
     response.headers["Content-Security-Policy"] = (
@@ -110,6 +164,31 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 
 def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
+
+
+def redirect_with(request: Request, flash: Flash, *, anchor: str = "") -> RedirectResponse:
+    """303 to the flash's page (at `anchor`), the flash riding along in its one-time cookie."""
+    state = get_console(request)
+    response = see_other(flash.target + anchor)
+    response.set_cookie(
+        FLASH_COOKIE,
+        state.flash.seal(flash),
+        max_age=FLASH_TTL_SECONDS,
+        # One flash at a time, site-wide: a newer one replaces an older one unseen, and no two
+        # cookies of the same name (for different paths) ever reach the server together.
+        path="/",
+        httponly=True,
+        secure=state.settings.cookie_secure,
+        samesite=state.settings.cookie_samesite,
+    )
+    return response
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(
+        FAVICON, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"}
+    )
 
 
 # Sign-in -----------------------------------------------------------------------------------------
@@ -160,36 +239,15 @@ async def signout(state: ConsoleDep, form: Form) -> Response:
 # Projects ----------------------------------------------------------------------------------------
 
 
-async def projects_page(
-    request: Request,
-    state: Console,
-    session: Session,
-    *,
-    status: int = 200,
-    error: str | None = None,
-    form: dict[str, str] | None = None,
-) -> HTMLResponse:
+@router.get("/projects")
+async def list_projects(request: Request, state: ConsoleDep, session: PageSession) -> Response:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         found = await projects.list_projects(conn)
-    chosen = (form or {}).get("environment", Environment.PROD.value)
     return render(
         request,
         "projects.html",
-        {
-            "session": session,
-            "projects": found,
-            "environments": ENVIRONMENTS,
-            "chosen": chosen if chosen in {env.value for env in Environment} else "prod",
-            "error": error,
-            "name": (form or {}).get("name", ""),
-        },
-        status=status,
+        {"session": session, "projects": found, "environments": ENVIRONMENTS},
     )
-
-
-@router.get("/projects")
-async def list_projects(request: Request, state: ConsoleDep, session: PageSession) -> Response:
-    return await projects_page(request, state, session)
 
 
 @router.post("/projects")
@@ -204,105 +262,179 @@ async def create_project(
                 environment=form.get("environment", Environment.PROD.value),
             )
     except InvalidInput as exc:
-        return await projects_page(
-            request, state, session, status=422, error=exc.message, form=form
+        # What was typed, to fill the form in again: printable text only, and not much of it.
+        kept = {
+            k: "".join(ch for ch in form.get(k, "")[:200] if ch.isprintable())
+            for k in ("name", "environment")
+        }
+        return redirect_with(
+            request,
+            Flash(
+                target="/projects",
+                user_id=str(session.user_id),
+                error=exc.message,
+                hint=exc.hint,
+                section="create",
+                form=kept,
+            ),
+            anchor="#create",
         )
-    return see_other(f"/projects/{project.id}")
+    return see_other(project_path(project.id))
 
 
-async def project_page(
-    request: Request,
-    state: Console,
-    session: Session,
-    project_id: UUID,
-    *,
-    status: int = 200,
-    error: str | None = None,
-    notice: str | None = None,
-    new_key: apikeys.IssuedKey | None = None,
-    new_endpoint: webhooks.CreatedEndpoint | None = None,
-) -> HTMLResponse:
+def project_path(project_id: UUID) -> str:
+    return f"/projects/{project_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageChart:
+    """The usage card's two bars, laid out for an SVG 600 units wide."""
+
+    usage: usage.WindowUsage
+    width: int = 600
+    bar_x: int = 130
+    bar_width: int = 330
+
+    @staticmethod
+    def fill(percent: float) -> int:
+        return round(min(percent, 100.0) * 3.3)
+
+    @staticmethod
+    def tone(percent: float) -> str:
+        return "over" if percent >= 100 else "near" if percent >= 80 else "ok"
+
+
+async def project_context(state: Console, session: Session, project_id: UUID) -> dict[str, Any]:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         project = await projects.get_project(conn, project_id)
         keys = await apikeys.list_keys(conn, project_id)
         endpoints = await webhooks.list_endpoints(conn, project_id)
+        counts = await deliveries.counts_by_endpoint(conn, project_id)
         recent = await deliveries.list_deliveries(
             conn, project_id, limit=state.settings.deliveries_page_size
         )
         attempts = await deliveries.attempts_by_delivery(conn, [d.id for d in recent])
         history = await suspensions.list_suspensions(conn, project_id)
-    return render(
-        request,
-        "project.html",
-        {
-            "session": session,
-            "project": project,
-            "config": get_environment_config(project.environment),
-            "help": environment_help(get_environment_config(project.environment)),
-            "keys": keys,
-            "endpoints": {e.id: e for e in endpoints},
-            "deliveries": recent,
-            "attempts": attempts,
-            "suspension": next((s for s in history if s.is_open), None),
-            "suspensions": history,
-            "error": error,
-            "notice": notice,
-            "new_key": new_key,
-            "new_endpoint": new_endpoint,
-        },
-        status=status,
-        # A page carrying a new secret must not be kept by the browser or a proxy.
-        no_store=new_key is not None or new_endpoint is not None,
-    )
+        used = await usage.current_usage(conn, project, state.platform)
+    config = get_environment_config(project.environment)
+    return {
+        "session": session,
+        "project": project,
+        "config": config,
+        "help": environment_help(config),
+        "environments": ENVIRONMENTS,
+        "keys": keys,
+        "endpoints": {e.id: e for e in endpoints},
+        "counts": counts,
+        "deliveries": recent,
+        "attempts": attempts,
+        "suspension": next((s for s in history if s.is_open), None),
+        "suspensions": history,
+        "chart": UsageChart(used),
+        "active_keys": sum(1 for k in keys if k.status == "active"),
+    }
 
 
 @router.get("/projects/{project_id}")
 async def show_project(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession
 ) -> Response:
-    notice = {"test-sent": "Test event sent to every enabled endpoint."}.get(
-        request.query_params.get("notice", "")
+    context = await project_context(state, session, project_id)
+    return render(request, "project.html", context)
+
+
+@router.get("/projects/{project_id}/deliveries")
+async def delivery_log(
+    project_id: UUID, request: Request, state: ConsoleDep, session: PageSession
+) -> Response:
+    """The delivery log and each endpoint's counts alone: what the project page polls to show
+    deliveries as they happen."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        project = await projects.get_project(conn, project_id)
+        endpoints = await webhooks.list_endpoints(conn, project_id)
+        counts = await deliveries.counts_by_endpoint(conn, project_id)
+        recent = await deliveries.list_deliveries(
+            conn, project_id, limit=state.settings.deliveries_page_size
+        )
+        attempts = await deliveries.attempts_by_delivery(conn, [d.id for d in recent])
+    return render(
+        request,
+        "live.html",
+        {
+            "session": session,
+            "project": project,
+            "endpoints": {e.id: e for e in endpoints},
+            "counts": counts,
+            "deliveries": recent,
+            "attempts": attempts,
+        },
     )
-    return await project_page(request, state, session, project_id, notice=notice)
+
+
+@router.get("/projects/{project_id}/{action:path}")
+async def action_address(project_id: UUID) -> Response:
+    """An action's address opened directly (a bookmark, a pasted link): nothing happens there on a
+    GET, so show the project it belongs to instead of an error."""
+    return see_other(project_path(project_id))
 
 
 def confirm_destructive(project: Project, form: dict[str, str], what: str) -> None:
-    """On prod projects, destructive actions need the project's name typed in."""
-    if project.environment is Environment.PROD and form.get("confirm_name", "") != project.name:
-        raise InvalidInput(
-            f"{what} in production needs confirmation:"
-            f" type the project name {project.name!r} to confirm"
-        )
+    """Destructive actions need a confirmation: the project's name typed in on prod, a ticked
+    box elsewhere (both work without JavaScript)."""
+    if project.environment is Environment.PROD:
+        if form.get("confirm_name", "") != project.name:
+            raise InvalidInput(
+                f"{what} in production needs confirmation:"
+                f" type the project name exactly as shown: {project.name}"
+            )
+    elif form.get("confirm", "") != "yes":
+        raise InvalidInput(f"{what} needs confirmation: tick the box, then try again")
 
 
-Shown = dict[str, Any]
-"""What an action hands to the page it returns to: a new key or endpoint, shown once."""
+Done = Flash | Response | None
+"""What an action returns: a flash for the project page, another answer, or nothing to say."""
 
-Action = Callable[[Connection, Project], Awaitable[Shown | Response | None]]
+Action = Callable[[Connection, Project], Awaitable[Done]]
 
 
 async def act(
-    request: Request, state: Console, session: Session, project_id: UUID, action: Action
+    request: Request,
+    state: Console,
+    session: Session,
+    project_id: UUID,
+    action: Action,
+    *,
+    anchor: str = "",
 ) -> Response:
-    """Run `action(conn, project)` as the user in one transaction, then show the project again:
-    by redirecting (so a reload does not repeat it), with a secret rendered once, or with the
-    reason the action was refused."""
+    """Run `action(conn, project)` as the user in one transaction, then redirect to the project
+    page (so a reload never repeats it) with what it has to say, or the reason it was refused and
+    the database's hint, in a one-time flash."""
+    target = project_path(project_id)
     try:
         async with state.db.as_user(session.user_id, session.claims) as conn:
             project = await projects.get_project(conn, project_id)
             result = await action(conn, project)
     except ParityError as exc:
-        status = status_of(exc)
-        if status in (401, 404):
+        if status_of(exc) in (401, 404):
             raise
-        return await project_page(
-            request, state, session, project_id, status=status, error=exc.message
+        refused = Flash(
+            target=target,
+            user_id=str(session.user_id),
+            error=exc.message,
+            hint=exc.hint,
+            section=anchor.lstrip("#"),
         )
+        return redirect_with(request, refused, anchor=anchor)
     if isinstance(result, Response):
         return result
-    if result is not None:
-        return await project_page(request, state, session, project_id, **result)
-    return see_other(f"/projects/{project_id}")
+    if result is None:
+        return see_other(target + anchor)
+    # Said where the page opens (the anchor), not at its top out of sight.
+    return redirect_with(request, replace(result, section=anchor.lstrip("#")), anchor=anchor)
+
+
+def flash_for(session: Session, project: Project, **fields: Any) -> Flash:
+    return Flash(target=project_path(project.id), user_id=str(session.user_id), **fields)
 
 
 async def _own_key(conn: Connection, project: Project, key_id: UUID) -> apikeys.ApiKey:
@@ -328,26 +460,58 @@ async def delete_project(
     async def delete(conn: Connection, project: Project) -> Response:
         confirm_destructive(project, form, "Deleting this project")
         await projects.delete_project(conn, project.id)
-        return see_other("/projects")
+        return redirect_with(
+            request,
+            Flash(
+                target="/projects",
+                user_id=str(session.user_id),
+                notice=f"Deleted the project {project.name}.",
+            ),
+        )
 
-    return await act(request, state, session, project_id, delete)
+    return await act(request, state, session, project_id, delete, anchor="#danger")
+
+
+@router.post("/projects/{project_id}/environment")
+async def change_environment(
+    project_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
+) -> Response:
+    async def change(conn: Connection, project: Project) -> Flash:
+        changed = await projects.change_environment(conn, project.id, form.get("environment", ""))
+        return flash_for(
+            session,
+            project,
+            notice=f"The project is now in {changed.environment.display_name}.",
+        )
+
+    return await act(request, state, session, project_id, change, anchor="#environment")
 
 
 # Keys --------------------------------------------------------------------------------------------
+
+
+def key_shown_once(session: Session, project: Project, issued: apikeys.IssuedKey) -> Flash:
+    # The only time the token is shown: on the page this redirects to, from a one-time flash.
+    return flash_for(
+        session,
+        project,
+        issued_for="key",
+        secret_label=issued.key.name or issued.key.display,
+        secret=issued.token,
+    )
 
 
 @router.post("/projects/{project_id}/keys")
 async def create_key(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
 ) -> Response:
-    async def create(conn: Connection, project: Project) -> Shown:
+    async def create(conn: Connection, project: Project) -> Flash:
         issued = await apikeys.create_key(
             conn, project.id, form.get("kind", "sk"), name=form.get("name", "")
         )
-        # The only time the token is shown: rendered into this response, stored nowhere.
-        return {"new_key": issued}
+        return key_shown_once(session, project, issued)
 
-    return await act(request, state, session, project_id, create)
+    return await act(request, state, session, project_id, create, anchor="#keys")
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/revoke")
@@ -359,12 +523,13 @@ async def revoke_key(
     session: PageSession,
     form: Form,
 ) -> Response:
-    async def revoke(conn: Connection, project: Project) -> None:
-        await _own_key(conn, project, key_id)
+    async def revoke(conn: Connection, project: Project) -> Flash:
+        key = await _own_key(conn, project, key_id)
         confirm_destructive(project, form, "Revoking a key")
         await apikeys.revoke_key(conn, key_id)
+        return flash_for(session, project, notice=f"Revoked the key {key.display}.")
 
-    return await act(request, state, session, project_id, revoke)
+    return await act(request, state, session, project_id, revoke, anchor="#keys")
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/rotate")
@@ -376,7 +541,7 @@ async def rotate_key(
     session: PageSession,
     form: Form,
 ) -> Response:
-    async def rotate(conn: Connection, project: Project) -> Shown:
+    async def rotate(conn: Connection, project: Project) -> Flash:
         await _own_key(conn, project, key_id)
         try:
             hours = int(form.get("grace_hours", "24"))
@@ -387,9 +552,9 @@ async def rotate_key(
         if hours == 0:
             confirm_destructive(project, form, "Rotating a key without a grace period")
         issued = await apikeys.rotate_key(conn, key_id, grace=timedelta(hours=hours))
-        return {"new_key": issued}
+        return key_shown_once(session, project, issued)
 
-    return await act(request, state, session, project_id, rotate)
+    return await act(request, state, session, project_id, rotate, anchor="#keys")
 
 
 # Webhooks ----------------------------------------------------------------------------------------
@@ -399,7 +564,7 @@ async def rotate_key(
 async def create_endpoint(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
 ) -> Response:
-    async def create(conn: Connection, project: Project) -> Shown:
+    async def create(conn: Connection, project: Project) -> Flash:
         event_types = form.get("event_types", "").replace(",", " ").split()
         created = await webhooks.create_endpoint(
             conn,
@@ -408,9 +573,19 @@ async def create_endpoint(
             description=form.get("description", ""),
             event_types=event_types,
         )
-        return {"new_endpoint": created}
+        # The signing secret's only showing, like a key's.
+        return flash_for(
+            session,
+            project,
+            issued_for="endpoint",
+            secret_label=created.endpoint.url,
+            secret=created.secret,
+        )
 
-    return await act(request, state, session, project_id, create)
+    return await act(request, state, session, project_id, create, anchor="#webhooks")
+
+
+ENDPOINT_CHANGES: Final = {"enable": "Enabled", "disable": "Disabled", "delete": "Deleted"}
 
 
 @router.post("/projects/{project_id}/webhooks/{endpoint_id}/{change}")
@@ -423,29 +598,37 @@ async def change_endpoint(
     session: PageSession,
     form: Form,
 ) -> Response:
-    if change not in {"enable", "disable", "delete"}:
-        raise NotFound(f"no such action {change!r}")
+    if change not in ENDPOINT_CHANGES:
+        raise NotFound("no such endpoint action: use enable, disable or delete")
 
-    async def apply(conn: Connection, project: Project) -> None:
-        await _own_endpoint(conn, project, endpoint_id)
+    async def apply(conn: Connection, project: Project) -> Flash:
+        endpoint = await _own_endpoint(conn, project, endpoint_id)
         if change == "delete":
             confirm_destructive(project, form, "Deleting a webhook endpoint")
             await webhooks.delete_endpoint(conn, endpoint_id)
         else:
             await webhooks.set_enabled(conn, endpoint_id, change == "enable")
+        return flash_for(
+            session, project, notice=f"{ENDPOINT_CHANGES[change]} the endpoint {endpoint.url}."
+        )
 
-    return await act(request, state, session, project_id, apply)
+    return await act(request, state, session, project_id, apply, anchor="#webhooks")
 
 
 @router.post("/projects/{project_id}/test-event")
 async def send_test_event(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
 ) -> Response:
-    async def send(conn: Connection, project: Project) -> Response:
+    async def send(conn: Connection, project: Project) -> Flash:
         await webhooks.send_test_event(conn, project.id, "Hello from the console")
-        return see_other(f"/projects/{project.id}?notice=test-sent#deliveries")
+        return flash_for(
+            session,
+            project,
+            notice="Test event sent to every enabled endpoint: the delivery log below updates"
+            " as it arrives.",
+        )
 
-    return await act(request, state, session, project_id, send)
+    return await act(request, state, session, project_id, send, anchor="#deliveries")
 
 
 @router.post("/projects/{project_id}/deliveries/{delivery_id}/redeliver")
@@ -457,11 +640,11 @@ async def redeliver(
     session: PageSession,
     form: Form,
 ) -> Response:
-    async def again(conn: Connection, project: Project) -> Response:
+    async def again(conn: Connection, project: Project) -> Flash:
         delivery = await deliveries.get_delivery(conn, delivery_id)
         if delivery.project_id != project.id:
             raise NotFound(f"delivery {delivery_id} not found")
         await deliveries.redeliver(conn, delivery_id)
-        return see_other(f"/projects/{project.id}#deliveries")
+        return flash_for(session, project, notice="Redelivery scheduled.")
 
-    return await act(request, state, session, project_id, again)
+    return await act(request, state, session, project_id, again, anchor="#deliveries")

@@ -72,6 +72,42 @@ async def list_deliveries(conn: Connection, project_id: UUID, *, limit: int = 50
     return [Delivery.from_row(row) for row in await cur.fetchall()]
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointCounts:
+    """What became of one endpoint's deliveries."""
+
+    succeeded: int
+    failed: int
+    """Deliveries out of retries (exhausted)."""
+    pending: int
+    cancelled: int
+    failed_attempts: int
+    """Attempts that did not succeed, whether or not a later retry did."""
+
+
+async def counts_by_endpoint(conn: Connection, project_id: UUID) -> dict[UUID, EndpointCounts]:
+    """Delivery outcomes per endpoint of the project, in one query (endpoints without deliveries
+    are absent)."""
+    cur = await conn.execute(
+        "select d.endpoint_id,"
+        " count(*) filter (where d.status = 'succeeded') as succeeded,"
+        " count(*) filter (where d.status = 'exhausted') as failed,"
+        " count(*) filter (where d.status = 'pending') as pending,"
+        " count(*) filter (where d.status = 'cancelled') as cancelled,"
+        " coalesce(sum(a.failed), 0) as failed_attempts"
+        " from public.webhook_deliveries d"
+        " left join lateral (select count(*) as failed from public.webhook_attempts a"
+        "  where a.delivery_id = d.id"
+        "  and (a.status_code is null or a.status_code not between 200 and 299)) a on true"
+        " where d.project_id = %s group by d.endpoint_id",
+        (project_id,),
+    )
+    return {
+        row.pop("endpoint_id"): EndpointCounts(**{k: int(v) for k, v in row.items()})
+        for row in await cur.fetchall()
+    }
+
+
 async def get_delivery(conn: Connection, delivery_id: UUID) -> Delivery:
     cur = await conn.execute(
         f"select {_COLUMNS} from public.webhook_deliveries d"

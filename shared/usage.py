@@ -9,10 +9,15 @@ update) copies the project's effective hard cap into `request_cap` and sets `upd
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from shared.db import Connection
+from shared.environment import get_environment_config
 from shared.errors import InvalidInput
+from shared.projects import Project
+from shared.settings import PlatformSettings
 
 
 async def flush_usage(
@@ -47,4 +52,76 @@ async def flush_usage(
             "ids": list(counts),
             "counts": list(counts.values()),
         },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """A project's requests in the current cap window, beside its limits."""
+
+    window_start: datetime
+    window_seconds: int
+    now: datetime
+    requests: int
+    hard_cap: int
+    """The effective hard cap: the project's own, else the platform default."""
+    rate_limit: int
+    """The effective rate limit: requests per rate window, the environment multiplier applied."""
+    rate_window_seconds: int
+
+    @property
+    def window_end(self) -> datetime:
+        return self.window_start + timedelta(seconds=self.window_seconds)
+
+    @property
+    def cap_percent(self) -> float:
+        return 100.0 * self.requests / self.hard_cap
+
+    @property
+    def cap_exceeded(self) -> bool:
+        return self.requests >= self.hard_cap
+
+    @property
+    def rate_windows_elapsed(self) -> float:
+        """Rate windows since the cap window started (at least one, so a young window's average
+        is not inflated)."""
+        elapsed = (self.now - self.window_start).total_seconds()
+        return max(1.0, elapsed / self.rate_window_seconds)
+
+    @property
+    def average_rate(self) -> float:
+        """Requests per rate window, averaged over the cap window so far."""
+        return self.requests / self.rate_windows_elapsed
+
+    @property
+    def rate_percent(self) -> float:
+        return 100.0 * self.average_rate / self.rate_limit
+
+
+async def current_usage(
+    conn: Connection, project: Project, platform: PlatformSettings
+) -> WindowUsage:
+    """The project's usage in the cap window containing now, as the connection's role sees it
+    (a signed-in user reads only their own projects' counters: RLS). Windows are aligned as
+    :func:`flush_usage` aligns them."""
+    window_seconds = platform.cap_window_seconds
+    cur = await conn.execute(
+        "select w.start as window_start, w.now, coalesce(u.requests, 0) as requests"
+        " from (select now() as now,"
+        "  to_timestamp(floor(extract(epoch from now()) / %(window)s) * %(window)s) as start) w"
+        " left join public.usage_counters u"
+        "  on u.project_id = %(project)s and u.window_start = w.start",
+        {"window": window_seconds, "project": project.id},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return WindowUsage(
+        window_start=row["window_start"],
+        window_seconds=window_seconds,
+        now=row["now"],
+        requests=int(row["requests"]),
+        hard_cap=project.request_cap or platform.default_request_cap,
+        rate_limit=(project.rate_limit or platform.default_rate_limit)
+        * get_environment_config(project.environment).rate_limit_multiplier,
+        rate_window_seconds=platform.rate_limit_window_seconds,
     )

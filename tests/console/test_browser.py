@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"  # Debian's package
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -30,8 +31,9 @@ BADGES = {
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def page(served_console: str) -> Iterator[Page]:
+@contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, through Playwright (skips when it is not installed)."""
     chromium = Path(os.environ.get("PARITY_CHROMIUM", DEFAULT_CHROMIUM))
     if not chromium.exists():
         pytest.skip(f"Chromium not found at {chromium}")
@@ -41,11 +43,17 @@ def page(served_console: str) -> Iterator[Page]:
             executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            context = browser.new_context(base_url=served_console)
-            context.set_default_timeout(15_000)
-            yield context.new_page()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(served_console: str) -> Iterator[Page]:
+    with chromium_browser() as browser:
+        context = browser.new_context(base_url=served_console)
+        context.set_default_timeout(15_000)
+        yield context.new_page()
 
 
 def shot(page: Page, name: str) -> None:
@@ -124,7 +132,7 @@ def test_environments_badges_banner_and_a_key_shown_once(page: Page) -> None:
     page.goto(project_urls["prod"])
     page.fill("#create-key input[name=name]", "backend")
     page.click("#create-key button[type=submit]")
-    secret = page.locator("#new-key-token").inner_text()
+    secret = page.locator("#new-key-value").inner_text()
     assert secret.startswith("nm_live_sk_")
     expect(page.locator("#new-key button[data-copy]")).to_be_visible()
     shot(page, "06-key-created")
@@ -136,8 +144,10 @@ def test_environments_badges_banner_and_a_key_shown_once(page: Page) -> None:
     expect(row.locator(".key-status")).to_have_text("active")
 
     # Revoking in prod asks for the project's name.
-    page.fill(".revoke-form input[name=confirm_name]", "shop")
-    page.click(".revoke-form button[type=submit]")
+    revoke = page.locator("#key-list details.danger-action").first
+    revoke.locator("summary").click()
+    revoke.locator("input[name=confirm_name]").fill("shop")
+    revoke.locator("button[type=submit]").click()
     expect(page.locator("#key-list tbody tr").first.locator(".key-status")).to_have_text("revoked")
     shot(page, "07-key-revoked")
 
@@ -153,7 +163,7 @@ def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Pag
 
     page.fill("#create-endpoint input[name=url]", "https://example.com/hooks")
     page.click("#create-endpoint button[type=submit]")
-    secret = page.locator("#new-endpoint-secret").inner_text()
+    secret = page.locator("#new-endpoint-value").inner_text()
     assert secret.startswith("whsec_")
     page.click("#send-test-event")
     expect(page.locator(".notice")).to_contain_text("Test event sent")
@@ -166,13 +176,17 @@ def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Pag
     # The browser will not submit the prod delete without the name; a wrong name is refused.
     delete = page.locator("#delete-project")
     before = page.url
+    delete.locator("summary").click()
     delete.locator("button[type=submit]").click()
     expect(page).to_have_url(before)
     assert delete.locator("input[name=confirm_name]").evaluate("el => el.validity.valueMissing")
     delete.locator("input[name=confirm_name]").fill("storefrontt")
     delete.locator("button[type=submit]").click()
-    expect(page.locator("#page-error")).to_contain_text("type the project name 'storefront'")
+    expect(page.locator("#page-error")).to_contain_text(
+        "type the project name exactly as shown: storefront"
+    )
     shot(page, "09-prod-delete-refused")
+    delete.locator("summary").click()
     page.locator("#delete-project input[name=confirm_name]").fill("storefront")
     page.locator("#delete-project button[type=submit]").click()
     expect(page).to_have_url(re.compile(r"/projects$"))

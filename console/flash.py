@@ -1,0 +1,92 @@
+"""One-time messages across a redirect (POST/redirect/GET): what a form's action tells the page it
+redirects to: a new secret, a refusal with its hint, a notice.
+
+A message travels in a cookie encrypted and authenticated with Fernet (AES-CBC and HMAC-SHA256,
+with a timestamp): HttpOnly, valid for :data:`FLASH_TTL_SECONDS`, bound to the signed-in user and
+to the page it is for, and deleted by the response that shows it.
+Each message also carries a random id that this process accepts once. So a secret is never in a
+URL, never stored server-side, never in a log line, and shown on exactly one page load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Final, Literal
+from uuid import UUID
+
+from cryptography.fernet import Fernet, InvalidToken
+
+FLASH_COOKIE: Final = "parity_flash"
+FLASH_TTL_SECONDS: Final = 120
+"""Long enough for a redirect on a slow connection; a reload after that shows nothing."""
+
+MAX_TEXT: Final = 400
+_SHORTENED: Final = ("notice", "error", "hint", "secret_label")
+
+IssuedFor = Literal["key", "endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Flash:
+    """What one page load shows once."""
+
+    target: str
+    """The path of the page that shows it."""
+    user_id: str
+    notice: str | None = None
+    error: str | None = None
+    hint: str | None = None
+    issued_for: IssuedFor | None = None
+    secret_label: str | None = None
+    """What the secret belongs to: the key's name, the endpoint's URL."""
+    secret: str | None = field(default=None, repr=False)
+    section: str = ""
+    """The id of the part of the page it concerns, where it is shown (empty: the top)."""
+    form: dict[str, str] = field(default_factory=dict)
+    """Fields of a refused form, to fill it in again (never secrets)."""
+    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+
+
+class FlashBox:
+    """Seals flashes into cookie values and opens each one once."""
+
+    def __init__(self, secret: str) -> None:
+        # A key of its own, derived from the console's secret: a flash cookie is no CSRF token.
+        key = hmac.new(secret.encode(), b"console flash", hashlib.sha256).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        self._opened: dict[str, float] = {}
+
+    def seal(self, flash: Flash) -> str:
+        data = asdict(flash)
+        # A cookie holds about 4 KB: texts that echo input (an endpoint's URL, a refused value)
+        # are shortened so the flash is never silently dropped by the browser.
+        for name in _SHORTENED:
+            text = data[name]
+            if text is not None and len(text) > MAX_TEXT:
+                data[name] = text[: MAX_TEXT - 1] + "…"
+        return self._fernet.encrypt(json.dumps(data).encode()).decode("ascii")
+
+    def open(self, value: str | None, *, path: str, user_id: UUID) -> Flash | None:
+        """The flash in `value` if it is genuine, fresh, for this page and this user, and not
+        shown before; otherwise None (it is then left alone or simply expires)."""
+        if not value:
+            return None
+        try:
+            data = json.loads(self._fernet.decrypt(value.encode("ascii"), ttl=FLASH_TTL_SECONDS))
+            flash = Flash(**data)
+        except (InvalidToken, ValueError, TypeError, UnicodeEncodeError):
+            return None
+        if flash.target != path or flash.user_id != str(user_id):
+            return None
+        now = time.monotonic()
+        self._opened = {n: t for n, t in self._opened.items() if now - t < FLASH_TTL_SECONDS}
+        if flash.nonce in self._opened:
+            return None
+        self._opened[flash.nonce] = now
+        return flash
