@@ -1,9 +1,17 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- What the gateway and the worker keep in the database: usage counters and hard caps (auto-suspend,
 -- US-005), suspensions, and the webhook machinery (outbox, endpoints, deliveries, attempts; US-007).
 
 -- Hard caps ---------------------------------------------------------------------------------------
 
-alter table public.projects add column request_cap bigint check (request_cap > 0);
+-- The check is added NOT VALID so that adding it does not scan every project under this migration's
+-- ACCESS EXCLUSIVE lock; a later migration validates it under a lock that lets traffic through.
+alter table public.projects add column request_cap bigint;
+alter table public.projects
+    add constraint projects_request_cap_check check (request_cap > 0) not valid;
 comment on column public.projects.request_cap is
     'Hard cap of requests per cap window; null means the platform default. Past it a prod project '
     'is suspended, dev and staging get a warning event.';

@@ -64,7 +64,7 @@ def test_existing_projects_are_migrated_to_prod(empty_database: str, tmp_path: P
         ).fetchall()
         conn.execute(
             "insert into public.api_keys (project_id, kind, prefix, last_four, key_hash)"
-            " values (%s, 'sk', 'nm_sk_', 'abcd', sha256('legacy'::bytea))",
+            " values (%s, 'sk', 'nm_live_sk_', 'abcd', sha256('legacy'::bytea))",
             (old[0][0],),
         )
 
