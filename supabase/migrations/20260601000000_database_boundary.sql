@@ -38,18 +38,6 @@ comment on function private.caller_is_platform() is
 
 -- API keys: issued by the platform only -----------------------------------------------------------
 
-revoke insert, update on public.api_keys from authenticated;
--- Owners name and revoke their keys, and set or shorten an expiry (the trigger below says how).
-grant update (name, status, expires_at) on public.api_keys to authenticated;
-drop policy "owners create their keys" on public.api_keys;
-
-alter table public.api_keys
-    add constraint api_keys_prefix_matches_kind_and_environment check (
-        prefix = 'nm_'
-            || case environment when 'prod' then 'live' else environment::text end
-            || '_' || kind::text || '_'
-    ) not valid;
-
 -- SQLSTATE PE004: a write that would move a key's lifecycle backwards or change what its token is.
 create function private.enforce_api_key_lifecycle() returns trigger
 language plpgsql
@@ -104,10 +92,6 @@ revoke all on function private.enforce_api_key_lifecycle() from public, anon, au
 comment on function private.enforce_api_key_lifecycle() is
     'Refuses (PE004) reactivating a revoked key, removing or extending an expiry, and changing '
     'what a key is; fills revoked_at when a key is revoked.';
-
-create trigger api_keys_enforce_lifecycle
-    before update on public.api_keys
-    for each row execute function private.enforce_api_key_lifecycle();
 
 -- CRC32 (IEEE), as zlib.crc32: the checksum that ends every token (shared/keys.py).
 create function private.crc32(data bytea) returns bigint
@@ -237,18 +221,6 @@ create type public.endpoint_disabled_by as enum ('owner', 'receiver', 'operator'
 comment on type public.endpoint_disabled_by is
     'owner: from the console or API; receiver: it answered 410 Gone; operator: the platform.';
 
-alter table public.webhook_endpoints add column disabled_by public.endpoint_disabled_by;
-comment on column public.webhook_endpoints.disabled_by is
-    'Who disabled the endpoint (null while enabled). Owners may enable again what they or a '
-    'receiver disabled, not what an operator disabled. Endpoints disabled before this was '
-    'recorded have null and count as their owner''s.';
-alter table public.webhook_endpoints
-    add constraint webhook_endpoints_enabled_has_no_disabling check (
-        not enabled or (disabled_by is null and disabled_reason is null)
-    ) not valid;
-
-grant select (disabled_by) on public.webhook_endpoints to authenticated;
-
 -- SQLSTATE PE006: an owner undoing what an operator did to an endpoint.
 create function private.enforce_endpoint_disabling() returns trigger
 language plpgsql
@@ -290,14 +262,7 @@ comment on function private.enforce_endpoint_disabling() is
     'Records who disabled an endpoint and refuses (PE006) an owner enabling again an endpoint an '
     'operator disabled.';
 
-create trigger webhook_endpoints_enforce_disabling
-    before update of enabled, disabled_by, disabled_reason on public.webhook_endpoints
-    for each row execute function private.enforce_endpoint_disabling();
-
 -- Webhook deliveries: owners read them; redelivery is one function ---------------------------------
-
-revoke update on public.webhook_deliveries from authenticated;
-drop policy "owners redeliver their deliveries" on public.webhook_deliveries;
 
 -- SQLSTATE PE005: the delivery cannot be redelivered now.
 create function public.redeliver_webhook(delivery_id uuid) returns void
@@ -359,3 +324,43 @@ grant execute on function public.redeliver_webhook(uuid) to authenticated, servi
 comment on function public.redeliver_webhook(uuid) is
     'Makes a finished delivery of the caller''s due again now, same webhook-id. Refuses (PE005) a '
     'pending delivery and a delivery whose endpoint is disabled.';
+
+-- The tables last ----------------------------------------------------------------------------------
+
+-- The ACCESS EXCLUSIVE locks these statements take are held until the migration commits, so they
+-- come after everything else: only catalog changes run under them.
+
+revoke insert, update on public.api_keys from authenticated;
+-- Owners name and revoke their keys, and set or shorten an expiry (the trigger below says how).
+grant update (name, status, expires_at) on public.api_keys to authenticated;
+drop policy "owners create their keys" on public.api_keys;
+
+alter table public.api_keys
+    add constraint api_keys_prefix_matches_kind_and_environment check (
+        prefix = 'nm_'
+            || case environment when 'prod' then 'live' else environment::text end
+            || '_' || kind::text || '_'
+    ) not valid;
+
+create trigger api_keys_enforce_lifecycle
+    before update on public.api_keys
+    for each row execute function private.enforce_api_key_lifecycle();
+
+alter table public.webhook_endpoints add column disabled_by public.endpoint_disabled_by;
+comment on column public.webhook_endpoints.disabled_by is
+    'Who disabled the endpoint (null while enabled). Owners may enable again what they or a '
+    'receiver disabled, not what an operator disabled. Endpoints disabled before this was '
+    'recorded have null and count as their owner''s.';
+alter table public.webhook_endpoints
+    add constraint webhook_endpoints_enabled_has_no_disabling check (
+        not enabled or (disabled_by is null and disabled_reason is null)
+    ) not valid;
+
+grant select (disabled_by) on public.webhook_endpoints to authenticated;
+
+create trigger webhook_endpoints_enforce_disabling
+    before update of enabled, disabled_by, disabled_reason on public.webhook_endpoints
+    for each row execute function private.enforce_endpoint_disabling();
+
+revoke update on public.webhook_deliveries from authenticated;
+drop policy "owners redeliver their deliveries" on public.webhook_deliveries;
