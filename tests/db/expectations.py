@@ -68,8 +68,6 @@ class Table:
     delete: bool = False  # may the owner delete the target row
 
 
-PLATFORM_ONLY = False
-
 TABLES: dict[str, Table] = {
     "projects": Table(
         target="project_spare",

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from ops import database
+from shared.keys import hash_token, parse_token
 from tests.db.expectations import FUNCTIONS, TABLES
 from tests.db.postgrest import Suite, cases_for, catalog_columns, postgrest_suite, rpc_cases
 
@@ -93,8 +94,6 @@ def test_functions_as_postgrest_calls_them(suite: Suite) -> None:
 
 
 def test_a_token_issued_through_the_api_authenticates_as_what_it_says(suite: Suite) -> None:
-    from shared.keys import hash_token, parse_token
-
     suite.api.execute("begin")
     try:
         suite.api.execute(
