@@ -5,7 +5,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set search_path = public, extensions;
 
-select plan(30);
+select plan(33);
 
 insert into auth.users (id, email) values
     ('00000000-0000-0000-0000-00000000000a', 'a@example.com'),
@@ -49,6 +49,18 @@ select is(
            where rolname in ('anon', 'authenticated', 'service_role') order by rolname),
     array['anon=true', 'authenticated=true', 'service_role=true'],
     'API roles are INHERIT, as on Supabase');
+
+select throws_ok(
+    $$ insert into public.api_keys (project_id, kind, environment, prefix, last_four, key_hash)
+       values ('10000000-0000-0000-0000-00000000000a', 'sk', 'dev', 'nm_live_sk_', 'aaaa',
+               sha256('x'::bytea)) $$,
+    '23514', null, 'not even the platform stores a prefix that disagrees with the environment');
+select throws_ok(
+    $$ insert into public.api_keys (project_id, kind, environment, prefix, last_four, key_hash)
+       values ('10000000-0000-0000-0000-00000000000a', 'sk', 'dev', 'nm_dev_pk_', 'aaaa',
+               sha256('x'::bytea)) $$,
+    '23514', null, 'nor one that disagrees with the kind');
+select is(private.crc32('hello'::bytea), 907060870::bigint, 'crc32 is zlib''s');
 
 -- Signed in as A.
 set local role authenticated;
