@@ -342,8 +342,11 @@ alter table public.api_keys
             || '_' || kind::text || '_'
     ) not valid;
 
+-- Not on updates of name or last_used_at alone: the gateway's batched last-used flush skips it.
 create trigger api_keys_enforce_lifecycle
-    before update on public.api_keys
+    before update of id, project_id, kind, environment, prefix, last_four, key_hash, created_at,
+        status, expires_at, revoked_at
+    on public.api_keys
     for each row execute function private.enforce_api_key_lifecycle();
 
 alter table public.webhook_endpoints add column disabled_by public.endpoint_disabled_by;
