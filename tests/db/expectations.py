@@ -66,6 +66,9 @@ class Table:
     columns: dict[str, Col]
     insert: dict[str, Any] = field(default_factory=dict)  # a valid owner insert; {}: none allowed
     delete: bool = False  # may the owner delete the target row
+    # What the owner reads: every column (`select=*` works), only named columns (some stay
+    # unreadable: the README lists the rest), or nothing.
+    read: Literal["all", "named", "none"] = "all"
 
 
 TABLES: dict[str, Table] = {
@@ -88,6 +91,7 @@ TABLES: dict[str, Table] = {
     "api_keys": Table(
         target="key",
         delete=True,
+        read="named",  # not key_hash
         columns={
             "id": Col("00000000-0000-4000-8000-000000000002"),
             "project_id": Col(Ref("project_spare")),
@@ -166,6 +170,7 @@ TABLES: dict[str, Table] = {
             "secret": "whsec_bmV3",
         },
         delete=True,
+        read="named",  # not secret
         columns={
             "id": Col("00000000-0000-4000-8000-000000000005"),
             "project_id": Col(Ref("project_spare"), insert=True, new=Ref("project")),
@@ -232,6 +237,7 @@ TABLES: dict[str, Table] = {
     ),
     "worker_heartbeats": Table(
         target="heartbeat",
+        read="none",
         columns={
             "worker_id": Col("forged"),
             "hostname": Col("forged"),

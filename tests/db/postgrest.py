@@ -169,7 +169,8 @@ class Suite:
 
     # Running ---------------------------------------------------------------------------------
 
-    def _claims(self, actor: Actor) -> tuple[str, str]:
+    def claims(self, actor: Actor) -> tuple[str, str]:
+        """The role and request.jwt.claims PostgREST sets for `actor`."""
         if actor == "anon":
             return "anon", json.dumps({"role": "anon"})
         user = self.ids["owner" if actor == "owner" else "stranger"]
@@ -187,7 +188,7 @@ class Suite:
         return {row[0]: row[1] for row in rows}
 
     def run(self, case: Case) -> Outcome:
-        role, claims = self._claims(case.actor)
+        role, claims = self.claims(case.actor)
         query, params = self.statement(case)
         with self.api.transaction(force_rollback=True):
             self.api.execute(
