@@ -27,11 +27,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## check: lint and strict typing over all project code
+## check: lint and strict typing over all project code, squawk over the migrations
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/squawk supabase/migrations/*.sql
 	$(BIN)/python -m ops.lint
 
 ## bench: benchmarks, ratios measured side by side in one run

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection, sql
 from shared.db import Connection
 from shared.environment import Environment
 from shared.errors import InvalidInput, NotFound
-from shared.keys import KeyKind, display_form, generate_token
+from shared.keys import KeyKind, display_form
 from shared.projects import ProjectStatus, get_project
 
 KeyStatus = Literal["active", "revoked"]
@@ -82,33 +82,23 @@ async def create_key(
     name: str = "",
     expires_at: datetime | None = None,
 ) -> IssuedKey:
-    """Issue a key for `project_id`; its prefix and environment come from the project's."""
+    """Issue a key for `project_id` through `public.issue_api_key`, the only way a key row is
+    written: the database generates the token, checks that the caller owns the project (the
+    platform may issue anywhere) and stores a prefix and environment that agree with it."""
     try:
         key_kind = KeyKind(kind)
     except ValueError:
         raise InvalidInput(f"invalid key kind {kind!r}: expected 'pk' or 'sk'") from None
     if expires_at is not None and expires_at <= datetime.now(UTC):
         raise InvalidInput("expiry must be in the future: a key that never works is a mistake")
-    project = await get_project(conn, project_id)
-    issued = generate_token(project.environment, key_kind)
+    project = await get_project(conn, project_id)  # NotFound for another owner's project
     cur = await conn.execute(
-        "insert into public.api_keys"
-        " (project_id, name, kind, environment, prefix, last_four, key_hash, expires_at)"
-        f" values (%s, %s, %s, %s, %s, %s, %s, %s) returning {_COLUMNS}",
-        (
-            project.id,
-            _clean_name(name),
-            key_kind.value,
-            project.environment.value,
-            issued.prefix,
-            issued.last_four,
-            issued.hash,
-            expires_at,
-        ),
+        "select key_id, token from public.issue_api_key(%s, %s, %s, %s)",
+        (project.id, key_kind.value, _clean_name(name), expires_at),
     )
     row = await cur.fetchone()
     assert row is not None
-    return IssuedKey(key=ApiKey.from_row(row), token=issued.token)
+    return IssuedKey(key=await get_key(conn, row["key_id"]), token=row["token"])
 
 
 async def list_keys(conn: Connection, project_id: UUID) -> list[ApiKey]:
@@ -133,10 +123,10 @@ async def get_key(conn: Connection, key_id: UUID, *, for_update: bool = False) -
 
 
 async def revoke_key(conn: Connection, key_id: UUID) -> ApiKey:
-    """Revoke a key at once. Revoking a revoked key changes nothing."""
+    """Revoke a key at once; the database records when. Revoking a revoked key changes nothing,
+    and revocation is final."""
     cur = await conn.execute(
-        "update public.api_keys set status = 'revoked', revoked_at = coalesce(revoked_at, now())"
-        f" where id = %s returning {_COLUMNS}",
+        f"update public.api_keys set status = 'revoked' where id = %s returning {_COLUMNS}",
         (key_id,),
     )
     row = await cur.fetchone()

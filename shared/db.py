@@ -45,6 +45,13 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return EnvironmentMismatch(message, hint=hint)
         case "PE002":
             return EnvironmentLocked(message, hint=hint)
+        # PE004 (key lifecycle), PE005 (redelivery), PE006 (operator-disabled endpoint): ours too.
+        case "PE004" | "PE005":
+            return InvalidInput(message, hint=hint)
+        case "PE006":
+            return PermissionDenied(message, hint=hint)
+        case "P0002":  # no_data_found, raised by our functions for missing or another's rows
+            return NotFound(message, hint=hint)
         case "23505":
             return Conflict(message, hint=hint)
         case "23503":

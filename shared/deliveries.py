@@ -13,7 +13,7 @@ from uuid import UUID
 
 from shared.db import Connection
 from shared.environment import Environment
-from shared.errors import InvalidInput, NotFound
+from shared.errors import NotFound
 
 DeliveryStatus = Literal["pending", "succeeded", "exhausted", "cancelled"]
 
@@ -131,26 +131,11 @@ async def list_attempts(conn: Connection, delivery_id: UUID) -> list[Attempt]:
 
 
 async def redeliver(conn: Connection, delivery_id: UUID) -> Delivery:
-    """Make a finished delivery due again now. Its id (the webhook-id) and its attempt count are
-    kept, so the receiver can deduplicate and the log stays whole; `retry_base` records the attempts
-    made so far, and the retry policy counts only the attempts after it."""
-    cur = await conn.execute(
-        "update public.webhook_deliveries"
-        " set status = 'pending', next_attempt_at = now(), completed_at = null,"
-        " retry_base = attempts"
-        " where id = %s and status <> 'pending'"
-        # A disabled endpoint gets nothing: disabling it cancelled its deliveries, and they stay so.
-        " and endpoint_id in (select id from public.webhook_endpoints where enabled)"
-        " returning id",
-        (delivery_id,),
-    )
-    if await cur.fetchone() is None:
-        current = await get_delivery(conn, delivery_id)  # NotFound when it does not exist
-        if current.status == "pending":
-            raise InvalidInput(f"delivery {current.id} is already pending")
-        raise InvalidInput(
-            f"the endpoint of delivery {current.id} is disabled: enable it, then redeliver"
-        )
+    """Make a finished delivery due again now, through `public.redeliver_webhook`: the one
+    redelivery path, which refuses a pending delivery and one whose endpoint is disabled. Its id
+    (the webhook-id) and its attempt count are kept, so the receiver can deduplicate and the log
+    stays whole; the retry policy counts only the attempts after the redelivery."""
+    await conn.execute("select public.redeliver_webhook(%s)", (delivery_id,))
     return await get_delivery(conn, delivery_id)
 
 

@@ -88,7 +88,7 @@ returning delivery_id
 
 _DISABLE_ENDPOINT = """
 update public.webhook_endpoints
-   set enabled = false, disabled_reason = %(reason)s
+   set enabled = false, disabled_by = 'receiver', disabled_reason = %(reason)s
  where id = %(endpoint_id)s and enabled
 """
 

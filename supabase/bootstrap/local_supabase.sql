@@ -4,13 +4,14 @@
 -- all of it (and much more). Idempotent: running it twice changes nothing.
 
 -- Roles are cluster-wide; two databases being bootstrapped at once may race to create them.
+-- INHERIT, as on Supabase: a role gets the privileges of the roles granted to it.
 do $$
 declare
     role_name text;
 begin
     foreach role_name in array array['anon', 'authenticated', 'service_role'] loop
         begin
-            execute format('create role %I nologin noinherit', role_name);
+            execute format('create role %I nologin inherit', role_name);
         exception when duplicate_object or unique_violation then
             null;
         end;
@@ -24,6 +25,12 @@ do $$
 declare
     role_name text;
 begin
+    -- Created NOINHERIT by an earlier version of this file: made INHERIT as Supabase has them.
+    foreach role_name in array array['anon', 'authenticated', 'service_role'] loop
+        if not (select rolinherit from pg_roles where rolname = role_name) then
+            execute format('alter role %I inherit', role_name);
+        end if;
+    end loop;
     if not (select rolbypassrls from pg_roles where rolname = 'service_role') then
         alter role service_role bypassrls;
     end if;

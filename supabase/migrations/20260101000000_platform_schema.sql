@@ -1,3 +1,7 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- The platform as it was before environments: projects owned by users, and their API keys.
 -- Kept as its own migration so that a database already holding projects is migrated (and
 -- backfilled) by the environments migration that follows, exactly as production would be.

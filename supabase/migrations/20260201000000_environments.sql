@@ -1,3 +1,7 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- Environments: every project and every API key is prod, dev or staging (US-001, US-002).
 --
 -- Invariant kept here, whatever sequence of statements runs: no active API key has an environment
@@ -7,32 +11,6 @@
 create type public.environment as enum ('prod', 'dev', 'staging');
 comment on type public.environment is
     'Deployment environment of a project and its keys. Keys show prod as "live" in their prefix.';
-
--- A constant default fills every existing row without rewriting the table: existing projects
--- become prod, and new ones are prod unless they say otherwise.
-alter table public.projects
-    add column environment public.environment not null default 'prod';
-comment on column public.projects.environment is
-    'prod, dev or staging. Decides rate-limit multiplier, auto-suspend, log level and webhook '
-    'retries. Cannot change while the project has active API keys.';
-
--- Existing keys take their project's environment, which the statement above made prod.
-alter table public.api_keys add column environment public.environment;
-update public.api_keys as k
-   set environment = p.environment
-  from public.projects as p
- where p.id = k.project_id;
-alter table public.api_keys alter column environment set not null;
-comment on column public.api_keys.environment is
-    'Must equal the project''s environment; enforced on every write and again by the gateway.';
-
-create index api_keys_project_id_active_idx
-    on public.api_keys (project_id) where status = 'active';
-
-grant insert (environment) on public.projects to authenticated;
-grant update (environment) on public.projects to authenticated;
-grant insert (environment) on public.api_keys to authenticated;
-grant select (environment) on public.api_keys to authenticated;
 
 -- SQLSTATE PE001: a key's environment differs from its project's.
 -- Runs as the caller (not security definer): a user can only match against projects that RLS lets
@@ -79,10 +57,6 @@ begin
 end
 $$;
 
-create trigger api_keys_enforce_environment
-    before insert or update of environment, project_id, status on public.api_keys
-    for each row execute function private.enforce_api_key_environment();
-
 -- SQLSTATE PE002: a project's environment changes while it has active keys.
 create function private.enforce_project_environment_change() returns trigger
 language plpgsql
@@ -112,6 +86,39 @@ begin
     return new;
 end
 $$;
+
+-- The tables last: the ACCESS EXCLUSIVE locks these statements take are held until the migration
+-- commits, so only catalog changes run under them.
+
+-- A constant default is stored in the catalog, not written into each row: adding these columns
+-- rewrites nothing and holds ACCESS EXCLUSIVE only for the catalog change. Existing projects become
+-- prod, and new ones are prod unless they say otherwise.
+alter table public.projects
+    add column environment public.environment not null default 'prod';
+comment on column public.projects.environment is
+    'prod, dev or staging. Decides rate-limit multiplier, auto-suspend, log level and webhook '
+    'retries. Cannot change while the project has active API keys.';
+
+-- Every project is prod at this point, so every existing key is prod too: the same metadata-only
+-- step fills them (no UPDATE of existing rows). Dropping the default afterwards keeps the value of
+-- existing rows and makes every new key state its environment.
+alter table public.api_keys
+    add column environment public.environment not null default 'prod';
+alter table public.api_keys alter column environment drop default;
+comment on column public.api_keys.environment is
+    'Must equal the project''s environment; enforced on every write and again by the gateway.';
+
+-- No index on active keys here: building one on a big api_keys would hold this migration's lock
+-- for the whole build. The PE002 check counts a project's keys through api_keys_project_id_idx.
+
+grant insert (environment) on public.projects to authenticated;
+grant update (environment) on public.projects to authenticated;
+grant insert (environment) on public.api_keys to authenticated;
+grant select (environment) on public.api_keys to authenticated;
+
+create trigger api_keys_enforce_environment
+    before insert or update of environment, project_id, status on public.api_keys
+    for each row execute function private.enforce_api_key_environment();
 
 create trigger projects_enforce_environment_change
     before update of environment on public.projects

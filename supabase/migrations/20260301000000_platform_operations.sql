@@ -1,12 +1,9 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- What the gateway and the worker keep in the database: usage counters and hard caps (auto-suspend,
 -- US-005), suspensions, and the webhook machinery (outbox, endpoints, deliveries, attempts; US-007).
-
--- Hard caps ---------------------------------------------------------------------------------------
-
-alter table public.projects add column request_cap bigint check (request_cap > 0);
-comment on column public.projects.request_cap is
-    'Hard cap of requests per cap window; null means the platform default. Past it a prod project '
-    'is suspended, dev and staging get a warning event.';
 
 -- Usage counters ----------------------------------------------------------------------------------
 
@@ -304,3 +301,16 @@ create policy "owners read their attempts" on public.webhook_attempts
              select id from public.projects where owner_id = (select auth.uid()))));
 
 create index suspensions_project_id_idx on public.suspensions (project_id);
+
+-- Hard caps ---------------------------------------------------------------------------------------
+
+-- Last in this migration: the ACCESS EXCLUSIVE lock on projects is taken here and held until the
+-- migration commits, so nothing else runs under it. The check is added NOT VALID so that adding it
+-- does not scan every project under that lock; a later migration validates it under a lock that
+-- lets traffic through.
+alter table public.projects add column request_cap bigint;
+alter table public.projects
+    add constraint projects_request_cap_check check (request_cap > 0) not valid;
+comment on column public.projects.request_cap is
+    'Hard cap of requests per cap window; null means the platform default. Past it a prod project '
+    'is suspended, dev and staging get a warning event.';

@@ -1,3 +1,7 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- Gateway cache invalidation (US-002 at request time): every change that can turn an accepted key
 -- into a refused one, or change a project's limits, notifies channel `gateway_invalidate`.
 -- Gateways LISTEN on it and drop the cached entries named by the payload, so revocation,
@@ -49,6 +53,13 @@ create trigger projects_notify_gateway
 create trigger projects_notify_gateway_delete
     after delete on public.projects
     for each row execute function private.notify_gateway('project');
+
+-- Fire in every session_replication_role: rows changed by a restore or by logical replication
+-- (replica mode) must reach the gateways too, not only after their cache TTL.
+alter table public.api_keys enable always trigger api_keys_notify_gateway;
+alter table public.api_keys enable always trigger api_keys_notify_gateway_delete;
+alter table public.projects enable always trigger projects_notify_gateway;
+alter table public.projects enable always trigger projects_notify_gateway_delete;
 
 comment on function private.notify_gateway() is
     'Tells gateways (channel gateway_invalidate) to drop a cached API key (`key:<id>`) or every '

@@ -1,3 +1,7 @@
+-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+
 -- Disabling a webhook endpoint cancels its pending deliveries in the same transaction, whoever
 -- disables it: its owner (console), an operator, or the worker after a 410 Gone. One rule in the
 -- database instead of one per writer. A delivery in flight at that moment is cancelled too; its

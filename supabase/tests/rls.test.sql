@@ -50,7 +50,7 @@ select is_empty(
     $$ delete from public.projects where id = '10000000-0000-0000-0000-00000000000b' returning id $$,
     'A cannot delete B''s project');
 select is_empty(
-    $$ update public.api_keys set status = 'revoked', revoked_at = now()
+    $$ update public.api_keys set status = 'revoked'
        where id = '20000000-0000-0000-0000-00000000000b' returning id $$,
     'A cannot revoke B''s key');
 select is_empty(
@@ -62,10 +62,9 @@ select throws_ok(
        values ('00000000-0000-0000-0000-00000000000b', 'planted') $$,
     '42501', null, 'A cannot create a project owned by B');
 select throws_ok(
-    $$ insert into public.api_keys (project_id, kind, environment, prefix, last_four, key_hash)
-       values ('10000000-0000-0000-0000-00000000000b', 'sk', 'dev', 'nm_dev_sk_', 'cccc',
-               sha256('c'::bytea)) $$,
-    '23503', null, 'A cannot add a key to B''s project, and learns nothing about it');
+    $$ select public.issue_api_key('10000000-0000-0000-0000-00000000000b', 'sk') $$,
+    'P0002', 'project 10000000-0000-0000-0000-00000000000b not found',
+    'A cannot issue a key in B''s project, and learns nothing about it');
 select throws_ok(
     $$ insert into public.webhook_endpoints (project_id, url, secret)
        values ('10000000-0000-0000-0000-00000000000b', 'https://evil.example.com', 'whsec_eA==') $$,

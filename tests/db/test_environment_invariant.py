@@ -1,6 +1,6 @@
 """US-002, property-based: whatever sequence of inserts, updates, revocations and environment
 changes runs, no active API key ever has an environment different from its project's, and every
-statement that keeps the invariant is accepted."""
+statement that keeps the invariant (and the forward-only key lifecycle) is accepted."""
 
 from __future__ import annotations
 
@@ -99,16 +99,19 @@ def run_step(
         expect_ok = model.projects[project] == step[2]
         statement = (
             "insert into public.api_keys (project_id, kind, environment, prefix, last_four,"
-            " key_hash) values (%s, 'sk', %s, 'nm_x_sk_', 'abcd', %s) returning id"
+            " key_hash) values (%s, 'sk', %s, %s, 'abcd', %s) returning id"
         )
-        params = (project, step[2], secrets.token_bytes(32))
+        label = "live" if step[2] == "prod" else step[2]
+        params = (project, step[2], f"nm_{label}_sk_", secrets.token_bytes(32))
     elif op in {"set_key_environment", "move_key", "revoke_key", "reactivate_key"}:
         key = pick(model.keys, step[1])
         if key is None:
             return
         project, env, active = model.keys[key]
+        # A key's environment and project never change, and revocation is final (PE004): only
+        # statements that leave them as they are go through.
         if op == "set_key_environment":
-            expect_ok = model.projects[project] == step[2] or (not active and env == step[2])
+            expect_ok = env == step[2]
             statement, params = (
                 "update public.api_keys set environment = %s where id = %s",
                 (
@@ -120,7 +123,7 @@ def run_step(
         elif op == "move_key":
             target = pick(model.projects, step[2])
             assert target is not None
-            expect_ok = model.projects[target] == env or (not active and target == project)
+            expect_ok = target == project
             statement, params = (
                 "update public.api_keys set project_id = %s where id = %s",
                 (
@@ -130,13 +133,12 @@ def run_step(
             )
             new = (target, env, active)
         elif op == "revoke_key":
-            statement = (
-                "update public.api_keys set status = 'revoked', revoked_at = now() where id = %s"
-            )
+            # revoked_at is the database's to fill, once.
+            statement = "update public.api_keys set status = 'revoked' where id = %s"
             params = (key,)
             new = (project, env, False)
         else:
-            expect_ok = model.projects[project] == env
+            expect_ok = active
             statement = (
                 "update public.api_keys set status = 'active', revoked_at = null where id = %s"
             )
@@ -153,8 +155,9 @@ def run_step(
     try:
         cur = conn.execute(statement, params)
     except psycopg.Error as exc:
-        # Only our triggers may refuse (PE001 key mismatch, PE002 project with active keys).
-        assert exc.sqlstate in {"PE001", "PE002"}, exc
+        # Only our triggers may refuse (PE001 key mismatch, PE002 project with active keys, PE004
+        # a key's lifecycle moving backwards or its identity changing).
+        assert exc.sqlstate in {"PE001", "PE002", "PE004"}, exc
         assert not expect_ok, f"{step} was refused: {exc}"
         return
     assert expect_ok, f"{step} was accepted"

@@ -4,6 +4,7 @@ its projects read prod; the environment column refuses anything but the three en
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_existing_projects_are_migrated_to_prod(empty_database: str, tmp_path: P
         ).fetchall()
         conn.execute(
             "insert into public.api_keys (project_id, kind, prefix, last_four, key_hash)"
-            " values (%s, 'sk', 'nm_sk_', 'abcd', sha256('legacy'::bytea))",
+            " values (%s, 'sk', 'nm_live_sk_', 'abcd', sha256('legacy'::bytea))",
             (old[0][0],),
         )
 
@@ -132,3 +133,36 @@ def test_second_push_applies_nothing_and_list_shows_everything(database_url: str
     for version in all_versions():
         # Each row shows the version on both sides: local and applied remotely.
         assert listing.count(version) >= 2, listing
+
+
+HEADER = """-- Fail fast instead of queueing live traffic behind this migration's locks.
+set lock_timeout = '5s';
+set statement_timeout = '15min';
+"""
+
+
+def test_every_migration_starts_with_the_timeouts() -> None:
+    paths = sorted((database.SUPABASE_DIR / "migrations").glob("*.sql"))
+    assert paths
+    missing = [p.name for p in paths if not p.read_text().startswith(HEADER)]
+    assert missing == [], f"migrations without the lock and statement timeout header: {missing}"
+
+
+def test_a_push_behind_an_open_transaction_fails_fast(empty_database: str, tmp_path: Path) -> None:
+    """A long transaction holds a lock the environments migration needs: the push gives up after
+    its lock_timeout instead of queueing every later query behind it, and applies nothing."""
+    database.push_migrations(empty_database, workdir=workdir_with(tmp_path, [PRE_ENVIRONMENT]))
+    with psycopg.connect(empty_database) as reader:
+        reader.execute("select count(*) from public.projects")  # ACCESS SHARE, held: no commit
+        started = time.monotonic()
+        with pytest.raises(database.ProvisioningError, match="lock timeout"):
+            database.push_migrations(empty_database)
+        elapsed = time.monotonic() - started
+        # Once the push gave up, nothing is left queued behind it: others read at once.
+        with psycopg.connect(empty_database, autocommit=True) as other:
+            assert other.execute("select count(*) from public.projects").fetchone() == (0,)
+        reader.rollback()
+    assert 5 <= elapsed < 120, elapsed
+    assert database.applied_migrations(empty_database) == [PRE_ENVIRONMENT]
+    database.push_migrations(empty_database)
+    assert database.applied_migrations(empty_database) == all_versions()
