@@ -65,8 +65,16 @@ class Database:
     """The pool every process uses. Open it once, at start-up, and close it at shutdown."""
 
     def __init__(
-        self, url: str, *, min_size: int = 1, max_size: int = 10, name: str = "parity"
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        name: str = "parity",
+        wait_seconds: float = 30.0,
     ) -> None:
+        """`wait_seconds` bounds the wait for a connection (all busy, or the server down); past
+        it a transaction raises DatabaseUnavailable."""
         self.url = url
         self.pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
@@ -79,6 +87,7 @@ class Database:
             # before it is handed out, rather than failing the next query.
             check=AsyncConnectionPool.check_connection,
             reconnect_timeout=60,
+            timeout=wait_seconds,
         )
 
     async def open(self, *, wait: bool = True, wait_seconds: float = 30.0) -> None:

@@ -111,12 +111,13 @@ async def test_environment_mismatch_is_403_even_when_the_trigger_was_bypassed(
     seeded = await issue_key("prod")
     status, _, _ = await call(http, "GET", gateway.url, headers=bearer(seeded.token))
     assert status == 200
-    # An operator edits the database around the trigger that guards the invariant.
+    # An operator edits the database around the trigger that guards the invariant: the key
+    # (and its token) stay prod, the project becomes dev.
     await edit_as_superuser(
         database_url,
-        ("alter table public.api_keys disable trigger api_keys_enforce_environment", ()),
-        ("update public.api_keys set environment = 'dev' where id = %s", (seeded.key_id,)),
-        ("alter table public.api_keys enable trigger api_keys_enforce_environment", ()),
+        ("alter table public.projects disable trigger projects_enforce_environment_change", ()),
+        ("update public.projects set environment = 'dev' where id = %s", (seeded.project.id,)),
+        ("alter table public.projects enable trigger projects_enforce_environment_change", ()),
     )
     forwarded = len(upstream.requests)
     message = ""
@@ -127,7 +128,7 @@ async def test_environment_mismatch_is_403_even_when_the_trigger_was_bypassed(
             break
         forwarded = len(upstream.requests)
         await asyncio.sleep(0.05)
-    assert "dev key cannot be used on a prod project" in message
+    assert "prod key cannot be used on a dev project" in message
     assert len(upstream.requests) == forwarded
 
 
