@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
 
 from shared.environment import get_environment_config
-from tests.gateway.conftest import IssueKey, StartGateway, bearer, rate_limit_headers
+from tests.gateway.conftest import (
+    IssueKey,
+    RateLimitHeaders,
+    StartGateway,
+    bearer,
+    edit_as_superuser,
+    rate_limit_headers,
+)
 
 BASE = 3
 
@@ -79,3 +87,46 @@ async def test_a_new_window_brings_a_new_budget(
     await asyncio.sleep(1.1)  # the window ends (not an assertion on time: it waits it out)
     second = await requests_before_first_429(http, gateway.url, seeded.token, 5)
     assert (first, second) == (2, 2)
+
+
+async def test_every_answer_to_an_identified_key_carries_the_budget_refusals_included(
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+    issue_key: IssueKey,
+    database_url: str,
+) -> None:
+    """Refusals that are not the limiter's (a publishable key writing, a suspended project, a
+    body too large) show the project's budget without spending it; an unidentified key (401)
+    shows none. Headers are parsed as structured fields (httpapi draft -10)."""
+    gateway = await start_gateway(
+        platform={"default_rate_limit": 5}, gateway={"max_request_body_bytes": 10}
+    )
+    pk = await issue_key("prod", "pk")
+
+    async def answer(method: str, token: str, **kwargs: object) -> tuple[int, RateLimitHeaders]:
+        async with http.request(method, gateway.url, headers=bearer(token), **kwargs) as response:
+            return response.status, rate_limit_headers(response.headers)
+
+    status, first = await answer("GET", pk.token)
+    assert (status, first.policy, first.quota, first.window) == (200, "default", 5, 60)
+    assert first.remaining == 4
+    status, refused = await answer("POST", pk.token, json={"a": 1})  # PUBLISHABLE_KEY_READ_ONLY
+    assert (status, refused.quota, refused.remaining) == (403, 5, 4)  # shown, not spent
+    assert 1 <= refused.reset_after <= 60 and refused.x_reset >= int(time.time())
+    status, _ = await answer("GET", pk.token, data=b"x" * 100)  # REQUEST_TOO_LARGE, counted
+    assert status == 413
+    await edit_as_superuser(
+        database_url,
+        ("update public.projects set status = 'suspended' where id = %s", (pk.project.id,)),
+    )
+    for _ in range(40):
+        status, suspended = await answer("GET", pk.token)
+        if status == 403:
+            assert suspended.remaining == 3
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the suspension never reached the gateway")
+    async with http.get(gateway.url, headers=bearer(pk.token[:-1] + "x")) as response:
+        assert response.status == 401
+        assert not {"RateLimit", "RateLimit-Policy", "X-RateLimit-Limit"} & set(response.headers)
