@@ -40,11 +40,15 @@ _SECRET_FIELD: Final = re.compile(
 """JSON field names whose values are secrets, wherever they appear in a document."""
 
 
+_PERCENT: Final = "(?:%|%25)"  # percent-encoded once, or twice
+_ESCAPE: Final = r"(?:\\+|%5[cC])u00"  # a JSON escape (also escaped again, or in a URL)
+
+
 def _unit(char: str) -> str:
-    """A pattern for `char` as it may travel: itself, percent-encoded (either case of hex), or
-    as a JSON `\\u` escape."""
+    """A pattern for `char` as it may travel: itself, percent-encoded (either case of hex, also
+    twice), or as a JSON `\\u` escape (also percent-encoded)."""
     code = "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{ord(char):02x}")
-    return f"(?:{re.escape(char)}|%{code}|\\\\u00{code})"
+    return f"(?:{re.escape(char)}|{_PERCENT}{code}|{_ESCAPE}{code})"
 
 
 def _word(word: str) -> str:
@@ -57,7 +61,7 @@ _ENCODED_SECRET: Final = re.compile(
     + "|".join(_word(label) for label in ("live", "dev", "staging"))
     + ")"
     + _word("_sk_")
-    + r"(?:[0-9A-Za-z]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2}){20,}"
+    + f"(?:[0-9A-Za-z]|{_PERCENT}[0-9A-Fa-f]{{2}}|{_ESCAPE}[0-9A-Fa-f]{{2}}){{20,}}"
 )
 """A secret token (or a long enough fragment) with any of its characters percent-encoded (a
 query, a form) or JSON-escaped, mixed freely."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,7 +104,7 @@ async def test_every_answer_to_an_identified_key_carries_the_budget_refusals_inc
     )
     pk = await issue_key("prod", "pk")
 
-    async def answer(method: str, token: str, **kwargs: object) -> tuple[int, RateLimitHeaders]:
+    async def answer(method: str, token: str, **kwargs: Any) -> tuple[int, RateLimitHeaders]:
         async with http.request(method, gateway.url, headers=bearer(token), **kwargs) as response:
             return response.status, rate_limit_headers(response.headers)
 
