@@ -7,6 +7,7 @@ import atexit
 import base64
 import binascii
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -286,9 +287,9 @@ class InterceptHandler(logging.Handler):
         except ValueError:
             level = record.levelno
         # Report the caller of the standard library's logging, not this handler.
-        frame: FrameType | None = logging.currentframe()
-        depth = 2
-        while frame is not None and frame.f_code.co_filename == logging.__file__:
+        frame: FrameType | None = inspect.currentframe()
+        depth = 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
             frame = frame.f_back
             depth += 1
         logger.opt(depth=depth, exception=record.exc_info).bind(logger=record.name).log(
