@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.ratelimit import MemoryWindows
 from shared.environment import get_environment_config
 from tests.gateway.conftest import (
     IssueKey,
@@ -131,3 +132,20 @@ async def test_every_answer_to_an_identified_key_carries_the_budget_refusals_inc
     async with http.get(gateway.url, headers=bearer(pk.token[:-1] + "x")) as response:
         assert response.status == 401
         assert not {"RateLimit", "RateLimit-Policy", "X-RateLimit-Limit"} & set(response.headers)
+
+
+async def test_memory_windows_count_exactly_across_a_reset_and_sweep_idle_keys() -> None:
+    now = [1000.0]
+    windows = MemoryWindows(clock=lambda: now[0], sweep_seconds=15)
+    assert [await windows.hit("a", 10) for _ in range(3)] == [(1, 1010.0), (2, 1010.0), (3, 1010.0)]
+    assert await windows.peek("a") == (3, 1010.0)  # peeking does not count
+    assert await windows.hit("b", 10) == (1, 1010.0)
+    now[0] = 1009.999
+    assert await windows.hit("a", 10) == (4, 1010.0)  # still the same window
+    now[0] = 1010.0
+    assert await windows.peek("a") == (0, None)
+    assert await windows.hit("a", 10) == (1, 1020.0)  # a new window, counted from one
+    assert len(windows) == 2  # `b` expired but not swept yet
+    now[0] = 1021.0
+    await windows.hit("c", 10)  # a hit past the sweep time drops expired windows
+    assert len(windows) == 1
