@@ -241,13 +241,10 @@ class Gateway:
             parse_token(token)
             if self.cache.known_unknown(key_hash):
                 return None
-            limit = self.settings.client_lookup_limit
-            if limit and client is not None:
-                window = self.settings.client_lookup_window_seconds
-                count, end = self._client_lookups.count(client, window)
-                if count > limit:
-                    raise TooManyLookups(limit, window, max(1, int(end - time.time()) + 1))
-            credential = await self.cache.get(key_hash)
+            limited = self.settings.client_lookup_limit and client is not None
+            credential = await self.cache.get(
+                key_hash, (lambda: self._count_lookup(client)) if limited else None
+            )
             if credential is None:
                 return None
         if not token.startswith(_PREFIXES[credential.key_environment, credential.kind]):
@@ -264,6 +261,14 @@ class Gateway:
         if not decision.allowed:
             raise RateLimitExceeded(credential, decision)
         return decision
+
+    def _count_lookup(self, client: str | None) -> None:
+        """Count one key lookup caused by `client`; refuse it past the limit."""
+        limit = self.settings.client_lookup_limit
+        window = self.settings.client_lookup_window_seconds
+        count, end = self._client_lookups.count(client or "", window)
+        if count > limit:
+            raise TooManyLookups(limit, window, max(1, int(end - time.time()) + 1))
 
     def _limit(self, credential: Credential) -> int:
         environment = get_environment_config(credential.project_environment)
@@ -343,7 +348,7 @@ class Gateway:
             return
         except TooManyLookups as refusal:
             await _send_error(
-                send, 429, refusal, None, [(b"retry-after", b"%d" % refusal.retry_after)]
+                send, 429, refusal, None, ((b"retry-after", b"%d" % refusal.retry_after),)
             )
             self._log(scope, 429, started, credential, refusal.code)
             return
@@ -459,7 +464,7 @@ async def _send_error(
     status: int,
     error: ParityError,
     decision: Decision | None,
-    extra: list[tuple[bytes, bytes]] = [],  # noqa: B006 (never changed)
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
     headers = [_JSON, (b"content-length", b"%d" % len(body)), *extra]

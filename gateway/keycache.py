@@ -76,8 +76,12 @@ class KeyCache:
             return False
         return True
 
-    async def get(self, key_hash: bytes) -> Credential | None:
-        """The credential for `key_hash`, from the cache or the database; None if unknown."""
+    async def get(
+        self, key_hash: bytes, before_query: Callable[[], None] | None = None
+    ) -> Credential | None:
+        """The credential for `key_hash`, from the cache or the database; None if unknown.
+        `before_query` is called when (and only when) this call is about to query, and may
+        refuse by raising: a lookup that joins one in flight, or needs none, is not counted."""
         credential = self.cached(key_hash)
         if credential is not None:
             return credential
@@ -86,6 +90,8 @@ class KeyCache:
         pending = self._inflight.get(key_hash)
         if pending is not None:
             return await asyncio.shield(pending)
+        if before_query is not None:
+            before_query()
         future: asyncio.Future[Credential | None] = asyncio.get_running_loop().create_future()
         self._inflight[key_hash] = future
         try:

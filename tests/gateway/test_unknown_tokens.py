@@ -163,3 +163,17 @@ async def test_a_flood_from_one_address_is_limited_before_lookup_and_spares_vali
     assert during <= 2 * baseline, (
         f"valid requests: {during * 1000:.2f} ms during the flood, {baseline * 1000:.2f} ms before"
     )
+
+
+async def test_concurrent_requests_for_one_key_share_one_lookup_and_one_count(
+    start_gateway: StartGateway, issue_key: IssueKey
+) -> None:
+    """Many clients of one address presenting a key not cached yet (a new process, an expired
+    entry) cause one query, counted once against the address's limit."""
+    gateway = await start_gateway(gateway={"client_lookup_limit": 2})
+    valid = await issue_key("prod")
+    unknown = generate_token(Environment.PROD, KeyKind.SECRET).token
+    before = gateway.app.cache.lookups
+    assert await statuses(gateway.url, [valid.token] * 100, concurrency=100) == {200: 100}
+    assert await statuses(gateway.url, [unknown] * 100, concurrency=100) == {401: 100}
+    assert gateway.app.cache.lookups - before == 2
