@@ -193,6 +193,7 @@ class Gateway:
                 await task
         self._tasks = []
         await self.upstream.close()
+        await self.limiter.close()
         await self.db.close()
         logger.info("gateway stopped")
         # uvicorn re-raises the SIGTERM it caught once shutdown is done, which ends the process

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.ratelimit import MemoryWindows
+from gateway.ratelimit import MemoryWindows, RedisWindows
 from shared.environment import get_environment_config
 from tests.gateway.conftest import (
     IssueKey,
@@ -19,8 +19,11 @@ from tests.gateway.conftest import (
     edit_as_superuser,
     rate_limit_headers,
 )
+from tests.gateway.test_processes import REDIS_URL, redis_prefix
 
 BASE = 3
+
+__all__ = ["redis_prefix"]  # the fixture, used by name below
 
 
 async def requests_before_first_429(
@@ -151,3 +154,26 @@ async def test_memory_windows_count_exactly_across_a_reset_and_sweep_idle_keys()
     now[0] = 1021.0
     await windows.hit("c", 10)  # a hit past the sweep time drops expired windows
     assert len(windows) == 1
+
+
+async def test_redis_windows_count_exactly_in_batches_across_instances_and_a_reset(
+    redis_prefix: str,
+) -> None:
+    """Two gateways' Redis windows (one prefix) hit one key concurrently: every count from 1 to
+    the total is handed out exactly once, batched or not, and a new window starts from one."""
+    first = RedisWindows(REDIS_URL, key_prefix=redis_prefix)
+    second = RedisWindows(REDIS_URL, key_prefix=redis_prefix)
+    try:
+        hits = await asyncio.gather(
+            *(windows.hit("project", 1) for _ in range(60) for windows in (first, second))
+        )
+        assert sorted(count for count, _ in hits) == list(range(1, 121))
+        ends = {round(end, 1) for _, end in hits}
+        assert len(ends) <= 2 and 0 < min(ends) - time.time() <= 1.1  # one window's end
+        assert (await first.peek("project"))[0] == 120  # peeking does not count
+        await asyncio.sleep(1.2)  # the window ends (not a timing assertion: it waits it out)
+        assert (await second.peek("project")) == (0, None)
+        assert (await first.hit("project", 1))[0] == 1
+    finally:
+        await first.close()
+        await second.close()
