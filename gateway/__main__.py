@@ -29,6 +29,9 @@ def build_server(gateway: Gateway) -> uvicorn.Server:
         server_header=False,
         proxy_headers=False,  # the gateway does not use the client address
         log_level="warning",
+        # uvicorn's own records go through the process's loguru configuration (see
+        # shared.logging), not through handlers uvicorn would install: one format for all.
+        log_config=None,
     )
     return uvicorn.Server(config)
 

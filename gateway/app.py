@@ -20,12 +20,12 @@ from gateway.keycache import KeyCache
 from gateway.listener import listen_for_invalidations
 from gateway.metering import UsageMeter
 from gateway.proxy import Upstream, UpstreamResponse, forward_headers
-from gateway.ratelimit import Decision, ProjectRateLimiter, build_storage
+from gateway.ratelimit import Decision, MemoryWindows, ProjectRateLimiter, build_windows
 from gateway.reqlog import Exchange, log_bodies, log_request, logs_bodies
 from gateway.settings import GatewaySettings
 from shared.apikeys import Credential
 from shared.db import Database
-from shared.environment import get_environment_config
+from shared.environment import Environment, get_environment_config
 from shared.errors import (
     EnvironmentMismatch,
     InvalidApiKey,
@@ -34,7 +34,7 @@ from shared.errors import (
     RateLimited,
 )
 from shared.identity import ENVIRONMENT_HEADER, KEY_ID_HEADER, KEY_KIND_HEADER, PROJECT_ID_HEADER
-from shared.keys import KeyKind, hash_token, parse_token
+from shared.keys import KeyKind, hash_token, key_prefix, parse_token
 from shared.logging import flush_logs
 from shared.settings import PlatformSettings
 
@@ -44,6 +44,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_PREFIXES: Final = {
+    (environment, kind): key_prefix(environment, kind)
+    for environment in Environment
+    for kind in KeyKind
+}
+"""The token prefix a key row's environment and kind call for."""
 _JSON: Final = (b"content-type", b"application/json")
 
 
@@ -61,14 +67,19 @@ def _credential_header(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str] 
     return (b"authorization", bearer) if bearer is not None else None
 
 
-def authorize(credential: Credential | None, method: str, now: datetime | None = None) -> None:
-    """Raise the refusal that applies to a request made with `credential`, if any."""
+def authenticate(credential: Credential | None, now: datetime | None = None) -> Credential:
+    """`credential` if it identifies a usable key; else the 401 that applies."""
     if credential is None:
         raise InvalidApiKey("unknown API key: it was never issued or has been deleted")
     if credential.key_status != "active":
         raise InvalidApiKey("this API key has been revoked: use an active key of the project")
     if credential.expires_at is not None and credential.expires_at <= (now or datetime.now(UTC)):
         raise InvalidApiKey("this API key has expired: use an active key of the project")
+    return credential
+
+
+def authorize(credential: Credential, method: str) -> None:
+    """Raise the refusal that applies to a request of an authenticated key, if any."""
     # Checked on every request, not only by the database trigger at write time: no later edit of
     # either row can let a key act in another environment.
     if credential.key_environment is not credential.project_environment:
@@ -87,6 +98,17 @@ def authorize(credential: Credential | None, method: str, now: datetime | None =
             f"publishable (pk) keys may only make read requests (GET, HEAD, OPTIONS), not"
             f" {method}: use a secret (sk) key from your server for writes"
         )
+
+
+class TooManyLookups(RateLimited):
+    """A client address caused more key lookups than allowed: refused before authentication."""
+
+    def __init__(self, limit: int, window_seconds: int, retry_after: int) -> None:
+        super().__init__(
+            f"more than {limit} lookups of API keys not seen before from this address in"
+            f" {window_seconds} s: retry after {retry_after} s with a valid key"
+        )
+        self.retry_after = retry_after
 
 
 class RateLimitExceeded(RateLimited):
@@ -113,14 +135,18 @@ class Gateway:
             max_size=platform.db_pool_max_size,
             name="gateway",
             prepared_statements=platform.db_prepared_statements,
+            wait_seconds=settings.db_wait_seconds,
         )
         self.cache = KeyCache(
             self.db,
             ttl_seconds=settings.key_cache_ttl_seconds,
             max_entries=settings.key_cache_max_entries,
+            unknown_ttl_seconds=settings.unknown_key_ttl_seconds,
+            max_unknown=settings.unknown_key_max_entries,
         )
+        self._client_lookups = MemoryWindows()
         self.limiter = ProjectRateLimiter(
-            build_storage(platform.redis_url, key_prefix=settings.redis_key_prefix),
+            build_windows(platform.redis_url, key_prefix=settings.redis_key_prefix),
             window_seconds=platform.rate_limit_window_seconds,
         )
         self.meter = UsageMeter(
@@ -168,6 +194,7 @@ class Gateway:
                 await task
         self._tasks = []
         await self.upstream.close()
+        await self.limiter.close()
         await self.db.close()
         logger.info("gateway stopped")
         # uvicorn re-raises the SIGTERM it caught once shutdown is done, which ends the process
@@ -199,34 +226,70 @@ class Gateway:
         else:  # websockets are not proxied
             await send({"type": "websocket.close", "code": 1008})
 
-    async def lookup(self, token: str) -> Credential | None:
+    async def lookup(self, token: str, client: str | None = None) -> Credential | None:
         """The credential of `token`, or None if unknown. Malformed and mistyped tokens are
-        refused here, before any query; on a cache hit no query is made at all."""
+        refused here, before any query; on a cache hit no query is made at all, nor for a
+        token found unknown within the last seconds. A `client` address that caused too many
+        lookups lately is refused before its next one (429).
+
+        A token whose environment label or kind disagrees with its key's row is refused (401):
+        the row is what is trusted, and a token that does not say what its row says was not
+        issued for it (a row edited by hand, or a bug in issuing)."""
         key_hash = hash_token(token)
         # Only tokens of stored keys are ever cached, so a hit is a well-formed token with a
         # valid checksum: the format check is needed, and paid, only on a miss.
         credential = self.cache.cached(key_hash)
-        if credential is not None:
-            return credential
-        parse_token(token)
-        return await self.cache.get(key_hash)
+        if credential is None:
+            parse_token(token)
+            if self.cache.known_unknown(key_hash):
+                return None
+            limited = self.settings.client_lookup_limit and client is not None
+            credential = await self.cache.get(
+                key_hash, (lambda: self._count_lookup(client)) if limited else None
+            )
+            if credential is None:
+                return None
+        if not token.startswith(_PREFIXES[credential.key_environment, credential.kind]):
+            raise InvalidApiKey(
+                "API key does not match its record (environment or kind): use the key exactly"
+                " as it was issued"
+            )
+        return credential
 
     async def take(self, credential: Credential) -> Decision:
         """One request from the project's budget: its base limit (or the platform default)
         times its environment's multiplier. Raises :class:`RateLimitExceeded` past it."""
-        environment = get_environment_config(credential.project_environment)
-        limit = (
-            credential.rate_limit or self.platform.default_rate_limit
-        ) * environment.rate_limit_multiplier
-        decision = await self.limiter.hit(credential.project_id, limit)
+        decision = await self.limiter.hit(credential.project_id, self._limit(credential))
         if not decision.allowed:
             raise RateLimitExceeded(credential, decision)
         return decision
 
+    def _count_lookup(self, client: str | None) -> None:
+        """Count one key lookup caused by `client`; refuse it past the limit."""
+        limit = self.settings.client_lookup_limit
+        window = self.settings.client_lookup_window_seconds
+        count, end = self._client_lookups.count(client or "", window)
+        if count > limit:
+            raise TooManyLookups(limit, window, max(1, int(end - time.time()) + 1))
+
+    def _limit(self, credential: Credential) -> int:
+        environment = get_environment_config(credential.project_environment)
+        return (
+            credential.rate_limit or self.platform.default_rate_limit
+        ) * environment.rate_limit_multiplier
+
+    async def standing(self, credential: Credential) -> Decision | None:
+        """The project's budget without counting a request, for the headers of a refusal that
+        is not the limiter's; None when the limiter's storage cannot be reached."""
+        try:
+            return await self.limiter.peek(credential.project_id, self._limit(credential))
+        except ParityError:
+            return None
+
     async def admit(self, credential: Credential | None, method: str) -> Decision:
         """What is decided about a looked-up credential before forwarding: the refusals of
-        :func:`authorize`, then one request from the project's budget."""
-        authorize(credential, method)
+        :func:`authenticate` and :func:`authorize`, then one request from the project's budget."""
+        authorize(authenticate(credential), method)
         assert credential is not None
         return await self.take(credential)
 
@@ -253,19 +316,26 @@ class Gateway:
                 )
             credential_header, token = found
             # Looked up before admitting, so a refusal's log line still names the project.
-            credential = await self.lookup(token)
-            decision = await self.admit(credential, method)
-            assert credential is not None
+            client = scope.get("client")
+            credential = await self.lookup(token, client[0] if client else None)
+            authenticated = authenticate(credential)
+            try:
+                authorize(authenticated, method)
+            except ParityError:
+                # Once the key is known good, every answer carries the project's budget.
+                decision = await self.standing(authenticated)
+                raise
+            decision = await self.take(authenticated)
             body = (
                 await _read_body(receive, self.settings.max_request_body_bytes)
                 if _has_body(headers)
                 else b""
             )
-            self.meter.record(credential.project_id, credential.key_id)
+            self.meter.record(authenticated.project_id, authenticated.key_id)
             upstream_headers = forward_headers(
                 headers,
                 drop=credential_header,
-                identity=self._identity(credential),
+                identity=self._identity(authenticated),
             )
             response = await self.upstream.forward(
                 method,
@@ -276,6 +346,12 @@ class Gateway:
             )
         except RateLimitExceeded as refusal:
             await _send_error(send, 429, refusal, refusal.decision)
+            self._log(scope, 429, started, credential, refusal.code)
+            return
+        except TooManyLookups as refusal:
+            await _send_error(
+                send, 429, refusal, None, ((b"retry-after", b"%d" % refusal.retry_after),)
+            )
             self._log(scope, 429, started, credential, refusal.code)
             return
         except ParityError as error:
@@ -296,14 +372,10 @@ class Gateway:
         if logs_bodies(credential):
             log_bodies(
                 exchange,
-                request_headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
+                request_headers=headers,
                 request_body=body,
-                request_content_type=_header(headers, b"content-type"),
-                response_headers=[
-                    (n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers
-                ],
+                response_headers=response.headers,
                 response_body=response.body,
-                response_content_type=response.content_type,
                 cap=self.settings.log_body_max_bytes,
             )
 
@@ -344,13 +416,6 @@ class Gateway:
         )
         log_request(exchange)
         return exchange
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -397,10 +462,14 @@ async def _send_response(
 
 
 async def _send_error(
-    send: Send, status: int, error: ParityError, decision: Decision | None
+    send: Send,
+    status: int,
+    error: ParityError,
+    decision: Decision | None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-    headers = [_JSON, (b"content-length", b"%d" % len(body))]
+    headers = [_JSON, (b"content-length", b"%d" % len(body)), *extra]
     if decision is not None:
         headers.extend(decision.headers())
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -4,7 +4,6 @@ response, bodies capped and redacted. Nothing here ever shows a body for prod.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -74,26 +73,50 @@ def logs_bodies(credential: Credential | None) -> bool:
 def log_bodies(
     exchange: Exchange,
     *,
-    request_headers: Iterable[tuple[str, str]],
+    request_headers: list[tuple[bytes, bytes]],
     request_body: bytes,
-    request_content_type: str,
-    response_headers: Iterable[tuple[str, str]],
+    response_headers: list[tuple[bytes, bytes]],
     response_body: bytes,
-    response_content_type: str,
     cap: int,
 ) -> None:
-    """The debug record of a dev or staging request: headers and bodies, redacted and capped."""
+    """The debug record of a dev or staging request: headers and bodies, redacted and capped.
+
+    Its cost is bounded by `cap` whatever the bodies (see `describe_body`), and it never raises:
+    the answer has been sent, and a record that cannot be written is replaced by a warning
+    that says so, without the request's content."""
     if not logs_bodies(exchange.credential):
         return
-    logger.debug(
-        "{method} {target} -> {status} request headers={request_headers}"
-        " request body={request_body} response headers={response_headers}"
-        " response body={response_body}",
-        method=exchange.method,
-        target=redact_text(exchange.path + ("?" + exchange.query if exchange.query else "")),
-        status=exchange.status,
-        request_headers=redact_headers(request_headers),
-        request_body=describe_body(request_body, request_content_type, cap=cap),
-        response_headers=redact_headers(response_headers),
-        response_body=describe_body(response_body, response_content_type, cap=cap),
-    )
+    try:
+        request = _decoded(request_headers)
+        response = _decoded(response_headers)
+        logger.debug(
+            "{method} {target} -> {status} request headers={request_headers}"
+            " request body={request_body} response headers={response_headers}"
+            " response body={response_body}",
+            method=exchange.method,
+            target=redact_text(exchange.path + ("?" + exchange.query if exchange.query else "")),
+            status=exchange.status,
+            request_headers=redact_headers(request),
+            request_body=describe_body(request_body, _content_type(request), cap=cap),
+            response_headers=redact_headers(response),
+            response_body=describe_body(response_body, _content_type(response), cap=cap),
+        )
+    except Exception as exc:
+        logger.warning(
+            "debug record of {} {} -> {} not written: {}",
+            exchange.method,
+            redact_text(exchange.path),
+            exchange.status,
+            type(exc).__name__,
+        )
+
+
+def _decoded(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+def _content_type(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value
+    return ""

@@ -33,6 +33,30 @@ class GatewaySettings(BaseSettings):
         "when notifications are lost.",
     )
     key_cache_max_entries: int = Field(default=100_000, ge=1)
+    unknown_key_ttl_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a token hash found unknown is answered 401 without a query (a new "
+        "key's notification forgets them all at once).",
+    )
+    unknown_key_max_entries: int = Field(
+        default=100_000, ge=1, description="Unknown token hashes remembered at most."
+    )
+    client_lookup_limit: int = Field(
+        default=100,
+        ge=0,
+        description="Key lookups (tokens neither cached nor known unknown) one client address "
+        "may cause per `client_lookup_window_seconds`; past it: 429 before authentication. "
+        "0 turns the limit off (behind a proxy every client shares its address).",
+    )
+    client_lookup_window_seconds: int = Field(default=10, ge=1)
+    db_wait_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Longest wait for a database connection (a key lookup when Postgres is "
+        "down); past it: 503 DATABASE_UNAVAILABLE.",
+    )
     usage_flush_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often metered usage is written to Postgres."
     )

@@ -97,7 +97,10 @@ class Database:
         max_size: int = 10,
         name: str = "parity",
         prepared_statements: bool | None = None,
+        wait_seconds: float = 30.0,
     ) -> None:
+        """`wait_seconds` bounds the wait for a connection (all busy, or the server down); past
+        it a transaction raises DatabaseUnavailable."""
         self.url = url
         if prepared_statements is None:
             prepared_statements = not is_transaction_pooler(url)
@@ -115,6 +118,7 @@ class Database:
             # before it is handed out, rather than failing the next query.
             check=AsyncConnectionPool.check_connection,
             reconnect_timeout=60,
+            timeout=wait_seconds,
         )
 
     async def open(self, *, wait: bool = True, wait_seconds: float = 30.0) -> None:

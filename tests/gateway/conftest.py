@@ -10,7 +10,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp import web
+from http_sfv.list import List as SfList
 from loguru import logger
 
 from gateway.__main__ import bind, build_server
@@ -298,3 +299,38 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """The rate-limit headers of one response, parsed as the standard defines them."""
+
+    policy: str
+    quota: int
+    window: int
+    remaining: int
+    reset_after: int
+    x_limit: int
+    x_remaining: int
+    x_reset: int
+
+
+def rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
+    """`RateLimit-Policy` and `RateLimit` parsed as structured-field lists (httpapi draft -10)
+    with `http-sfv`, beside the `X-RateLimit-*` integers; fails if any is missing or invalid."""
+    policy = SfList()
+    policy.parse(headers["RateLimit-Policy"].encode())
+    limit = SfList()
+    limit.parse(headers["RateLimit"].encode())
+    assert len(policy) == 1 and len(limit) == 1
+    assert policy[0].value == limit[0].value  # one policy, named in both
+    return RateLimitHeaders(
+        policy=policy[0].value,
+        quota=policy[0].params["q"],
+        window=policy[0].params["w"],
+        remaining=limit[0].params["r"],
+        reset_after=limit[0].params["t"],
+        x_limit=int(headers["X-RateLimit-Limit"]),
+        x_remaining=int(headers["X-RateLimit-Remaining"]),
+        x_reset=int(headers["X-RateLimit-Reset"]),
+    )

@@ -111,8 +111,8 @@ async def test_environment_mismatch_is_403_even_when_the_trigger_was_bypassed(
     seeded = await issue_key("prod")
     status, _, _ = await call(http, "GET", gateway.url, headers=bearer(seeded.token))
     assert status == 200
-    # An operator edits the database around the trigger that guards the invariant (a key's own
-    # environment never changes: its token names it).
+    # An operator edits the database around the trigger that guards the invariant: the key
+    # (and its token) stay prod, the project becomes dev.
     await edit_as_superuser(
         database_url,
         ("alter table public.projects disable trigger projects_enforce_environment_change", ()),

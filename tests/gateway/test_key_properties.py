@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.app import Gateway, authorize
+from gateway.app import Gateway, authenticate, authorize
 from shared import projects
 from shared.apikeys import Credential
 from shared.db import Database
@@ -87,10 +87,10 @@ def test_a_key_never_authenticates_against_a_project_of_another_environment(
     refuses a key whose environment is not its project's: a dev key never acts on prod."""
     decided = credential(key_environment, project_environment)
     if key_environment is project_environment:
-        authorize(decided, method, datetime.now(UTC))
+        authorize(authenticate(decided, datetime.now(UTC)), method)
     else:
         with pytest.raises(EnvironmentMismatch, match=f"{key_environment.value} key"):
-            authorize(decided, method, datetime.now(UTC))
+            authorize(authenticate(decided, datetime.now(UTC)), method)
 
 
 @pytest.mark.parametrize("project_environment", list(Environment))

@@ -4,6 +4,7 @@ log line the suite captured for every token it issued."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -13,6 +14,7 @@ import aiohttp
 from loguru import logger
 
 from shared.logging import (
+    ELIDED,
     REDACTED,
     BufferedSink,
     describe_body,
@@ -179,3 +181,44 @@ def test_buffered_sink_writes_lines_out_on_flush_on_a_warning_and_periodically()
         assert raw.getvalue() == b"idle afterwards\n"
     finally:
         logger.remove(sink_id)
+
+
+def test_describe_body_caps_before_parsing_and_redacts_what_it_keeps() -> None:
+    token = "nm_live_sk_" + "b" * 38
+    # A cut-off JSON body: secret-looking fields found by pattern, also one cut mid-value.
+    body = json.dumps({"ok": "visible", "password": "p" * 50, "pad": "x" * 100}).encode()
+    shown = describe_body(body, "application/json", cap=60)
+    assert "visible" in shown and "ppp" not in shown
+    assert shown.endswith(f"…[truncated: {len(body)} bytes in all, 60 shown]")
+    cut = describe_body(b'{"a": 1, "api_key": "' + b"k" * 100 + b'"}', "application/json", cap=40)
+    assert "kkk" not in cut and REDACTED in cut
+    # A form cut off, a multi-byte character split by the cut, a token cut by the cap.
+    assert "s3cret" not in describe_body(
+        b"a=1&token=s3cret&" + b"b" * 99, "application/x-www-form-urlencoded", cap=20
+    )
+    assert describe_body("é".encode() * 10, "text/plain", cap=5).startswith("éé…[truncated")
+    assert "bbbb" not in describe_body(
+        f"{'a' * 20}{token.replace('_', '%5F')}".encode(), "text/plain", cap=40
+    )
+    # Deep nesting within the cap is elided; past the parser's own limit it is shown as text.
+    # Never an error.
+    assert ELIDED in describe_body(b"[" * 300 + b"]" * 300, "application/json", cap=4096)
+    deepest = describe_body(b"[" * 5000 + b"]" * 5000, "application/json", cap=20_000)
+    assert deepest == "[" * 5000 + "]" * 5000
+
+
+def test_redact_text_finds_tokens_in_every_encoding() -> None:
+    token = "nm_staging_sk_" + "c" * 38
+    for encoded in (
+        token.replace("_", "%5f"),
+        "".join(f"%{ord(char):02X}" for char in token),
+        token.replace("_", "%255F"),
+        token.replace("_", "\\u005F"),
+        token.replace("_", "\\\\u005f"),
+        token.replace("_", "%5Cu005f"),
+        "Basic " + base64.b64encode(f"user:{token}".encode()).decode(),
+        "basic%20" + base64.b64encode(f"{token}:".encode()).decode().replace("=", "%3D"),
+    ):
+        assert "ccccc" not in redact_text(f"x {encoded} y"), encoded
+    plain = "Basic " + base64.b64encode(b"user:an-ordinary-password").decode()
+    assert redact_text(plain) == plain  # only secret tokens are this function's business
