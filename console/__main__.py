@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from console.app import create_app
-from console.settings import ConsoleSettings
+from console.settings import ConsoleSettings, UnsafeSettings, is_local_run
 from shared.logging import configure_logging
 from shared.settings import PlatformSettings
 
@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     if not platform.database_url:
         parser.error("DATABASE_URL is not set (`make run` sets it)")
     configure_logging(log_format=platform.log_format, process="console")
-    app = create_app(settings, platform)
+    local = is_local_run(settings, database_url=platform.database_url, host=args.host)
+    try:
+        app = create_app(settings, platform, local=local)
+    except UnsafeSettings as exc:
+        parser.error(str(exc))
     print(f"Console: http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
     return 0
