@@ -70,7 +70,9 @@ def issued_out(issued: IssuedKey) -> IssuedKeyOut:
         429: {
             "model": ErrorOut,
             "description": "Too many attempts for this email or from this address",
-            "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            },
         },
     },
 )

@@ -19,8 +19,8 @@ from starlette.routing import Match
 
 from console import api, dashboard
 from console.auth import Authenticator, Csrf, Unauthenticated
-from console.bodycap import BodyCap
 from console.bodycap import CODE as TOO_LARGE
+from console.bodycap import BodyCap
 from console.context import Console
 from console.errors import status_of
 from console.schemas import ErrorBody, ErrorOut, FieldError

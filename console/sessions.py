@@ -29,9 +29,7 @@ _PURGE = "delete from private.revoked_sessions where expires_at < now() - interv
 async def check(db: Database, session: Session) -> None:
     """:class:`Unauthenticated` unless `session` is still live."""
     async with db.as_service() as conn:
-        cur = await conn.execute(
-            _STATE, {"user_id": session.user_id, "token_id": session.token_id}
-        )
+        cur = await conn.execute(_STATE, {"user_id": session.user_id, "token_id": session.token_id})
         row = await cur.fetchone()
     assert row is not None
     if row["revoked"]:

@@ -94,7 +94,7 @@ class SupabaseSignIn:
         the session is revoked too when Supabase answers."""
         try:
             await asyncio.to_thread(self._client.auth.admin.sign_out, token, "local")
-        except Exception as exc:  # noqa: BLE001 (best effort, logged)
+        except Exception as exc:
             logger.warning("Supabase Auth sign-out failed: {}", exc)
 
 

@@ -16,7 +16,7 @@ from jwt.algorithms import RSAAlgorithm
 from pydantic import ValidationError
 
 from console.auth import Authenticator, Csrf, CsrfFailed, Unauthenticated
-from console.settings import DEV_JWT_SECRET, ConsoleSettings
+from console.settings import ConsoleSettings
 from shared.users import User
 from tests.console.conftest import TEST_SECRET, json_server
 
