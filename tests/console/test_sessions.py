@@ -69,7 +69,7 @@ def console_env(**extra: str) -> dict[str, str]:
     ("args", "env", "named"),
     [
         # Bound beyond loopback, no secret at all.
-        (["--host", "0.0.0.0"], {}, "CONSOLE_JWT_SECRET is not set"),  # noqa: S104
+        (["--host", "0.0.0.0"], {}, "CONSOLE_JWT_SECRET is not set"),
         # Supabase settings make it a deployment even on loopback: the public secret is refused.
         (
             ["--host", "127.0.0.1"],
@@ -111,8 +111,8 @@ def test_local_runs_are_loopback_or_embedded_without_supabase() -> None:
     assert is_embedded_database(embedded) and not is_embedded_database(tcp)
     assert is_local_run(plain, database_url=tcp, host="127.0.0.1")
     assert is_local_run(plain, database_url=tcp, host="::1")
-    assert is_local_run(plain, database_url=embedded, host="0.0.0.0")  # noqa: S104
-    assert not is_local_run(plain, database_url=tcp, host="0.0.0.0")  # noqa: S104
+    assert is_local_run(plain, database_url=embedded, host="0.0.0.0")
+    assert not is_local_run(plain, database_url=tcp, host="0.0.0.0")
     supabase = ConsoleSettings(_env_file=None, supabase_url="https://x.supabase.co")
     assert not is_local_run(supabase, database_url=embedded, host="127.0.0.1")
 
