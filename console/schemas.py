@@ -3,34 +3,80 @@ modules return as frozen dataclasses are served as they are; models here add or 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
+from shared import users
 from shared.deliveries import Attempt, Delivery
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Suspension
+from shared.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from shared.webhooks import WebhookEndpoint
 
 
-def _no_nul(value: str) -> str:
-    # Postgres text cannot hold NUL: refuse it here with a clear message rather than fail later.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _as_utc(value: datetime | None) -> datetime | None:
+    # A time without an offset is taken as UTC (documented), never compared naive with aware.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     return value
 
 
-# Length first (str's own, clearer messages), then the NUL check.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)]
-KeyName = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
-Url = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_no_nul)]
-Description = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
-EventType = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_no_nul)]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
-Message = Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)]
+# Each constraint is a JSON Schema keyword, so the OpenAPI schema says exactly what is accepted.
+# Postgres text cannot hold NUL: every string refuses it.
+_TEXT: Final = r"^[^\x00]*$"
+# Names are stripped (Python's whitespace) before use: at least one visible character.
+_NAME: Final = r"^[^\x00]*[^\x00-\x20\x7f\s][^\x00]*$"
+_NO_SPACE: Final = r"[^\s\x00-\x20\x7f]"
+EMAIL_PATTERN: Final = f"^{users.EMAIL_PATTERN.pattern}$"
+# An absolute http(s) URL with an ASCII host (the webhook module's own checks, stated here).
+URL_PATTERN: Final = (
+    r"^https?://[A-Za-z0-9\-._~!$&'()*+,;=%]+(:[0-9]{1,4})?([/?#]" + _NO_SPACE + r"*)?$"
+)
+EVENT_TYPE_PATTERN: Final = r"^[a-z_]+(\.[a-z_]+)+$"
+
+
+def _text(min_length: int | None, max_length: int, pattern: str = _TEXT) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern)
+
+
+Name = Annotated[str, _text(1, 100, _NAME)]
+KeyName = Annotated[str, _text(None, 100)]
+Url = Annotated[str, _text(1, 2048, URL_PATTERN)]
+Description = Annotated[str, _text(None, 200)]
+EventType = Annotated[str, _text(None, 100, EVENT_TYPE_PATTERN)]
+Email = Annotated[str, _text(3, 254, EMAIL_PATTERN)]
+Password = Annotated[str, _text(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH)]
+Message = Annotated[str, _text(None, 500)]
+
+
+def _time_text(value: object) -> object:
+    # The schema says a date-time string: a number (a Unix time to pydantic) is refused.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be a date-time string, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_time_text), AfterValidator(_as_utc)]
+
+
+def _not_bool(value: object) -> object:
+    # JSON Schema's integer takes 400.0 (as pydantic does) but never true.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class Input(BaseModel):
@@ -46,7 +92,9 @@ class Output(BaseModel):
 
 class Credentials(Input):
     email: Email = Field(examples=["ada@example.com"])
-    password: Password
+    password: Password = Field(
+        description=f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
+    )
 
 
 class ProjectCreate(Input):
@@ -68,11 +116,15 @@ class KeyCreate(Input):
         default="sk", description="pk: publishable (read-only); sk: secret."
     )
     name: KeyName = ""
-    expires_at: datetime | None = None
+    expires_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the key stops working; in the future. A time without an offset is "
+        "taken as UTC; null: never.",
+    )
 
 
 class KeyRotate(Input):
-    grace_seconds: int = Field(
+    grace_seconds: Integer = Field(
         default=86_400,
         ge=0,
         le=30 * 86_400,

@@ -109,8 +109,8 @@ class SignInThrottle:
     """Sign-in attempts per client address and per account, counted with the `limits` library
     (in Redis when `redis_url` is set, so that replicas share the counts; else in memory).
 
-    Every attempt counts against both limits before the password is checked, so parallel guesses
-    cannot slip through; a successful sign-in clears its account's count.
+    Every attempt, successful or not, counts against both limits before the password is checked,
+    so parallel guesses cannot slip through.
     """
 
     def __init__(self, settings: ConsoleSettings, redis_url: str | None) -> None:
@@ -134,15 +134,10 @@ class SignInThrottle:
                 stats = await self._limiter.get_window_stats(item, *keys)
                 raise TooManySignIns(max(1, math.ceil(stats.reset_time - time.time())))
 
-    async def succeeded(self, email: str) -> None:
-        await self._limiter.clear(self._per_account, "signin-account", self._account(email))
-
 
 async def sign_in(
     sign_in: SignIn, throttle: SignInThrottle, email: str, password: str, address: str
 ) -> str:
     """A session token for `email`, throttled: what the API and the dashboard both call."""
     await throttle.attempt(email, address)
-    token = await sign_in(email, password)
-    await throttle.succeeded(email)
-    return token
+    return await sign_in(email, password)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from shared.db import Connection
 from shared.environment import Environment
-from shared.errors import InvalidInput, NotFound
+from shared.errors import Conflict, NotFound
 
 DeliveryStatus = Literal["pending", "succeeded", "exhausted", "cancelled"]
 
@@ -111,8 +111,8 @@ async def redeliver(conn: Connection, delivery_id: UUID) -> Delivery:
     if await cur.fetchone() is None:
         current = await get_delivery(conn, delivery_id)  # NotFound when it does not exist
         if current.status == "pending":
-            raise InvalidInput(f"delivery {current.id} is already pending")
-        raise InvalidInput(
+            raise Conflict(f"delivery {current.id} is already pending")
+        raise Conflict(
             f"the endpoint of delivery {current.id} is disabled: enable it, then redeliver"
         )
     return await get_delivery(conn, delivery_id)

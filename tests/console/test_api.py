@@ -135,7 +135,7 @@ async def test_keys_are_revoked_and_rotated_with_a_grace_period(
     again = await client.post(
         f"/api/v1/keys/{replacement['key']['id']}/rotate", json={}, headers=alice.headers
     )
-    assert again.status_code == 422
+    assert again.status_code == 409
     assert "revoked" in again.json()["error"]["message"]
 
 
@@ -235,7 +235,7 @@ async def test_webhook_endpoints_secret_once_test_event_and_redelivery(
     pending = await client.post(
         f"/api/v1/deliveries/{delivery['id']}/redeliver", headers=alice.headers
     )
-    assert pending.status_code == 422
+    assert pending.status_code == 409
     async with db.as_service() as conn:
         await conn.execute(
             "insert into public.webhook_attempts"
