@@ -42,6 +42,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "Not signed in"},
     404: {"model": ErrorOut, "description": "No such thing, or not yours"},
     409: {"model": ErrorOut, "description": "Conflicts with the current state"},
+    413: {"model": ErrorOut, "description": "Request body over the size limit"},
     422: {"model": ErrorOut, "description": "Invalid input"},
 }
 

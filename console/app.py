@@ -124,7 +124,9 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     ]
     message = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
     if is_api(request):
-        return error_json(422, ErrorBody(code=InvalidInput.code, message=message, fields=fields))
+        hint = "each entry of `fields` names a field and what is wrong with it"
+        body = ErrorBody(code=InvalidInput.code, message=message, hint=hint, fields=fields)
+        return error_json(422, body)
     return dashboard.error_page(request, 422, message)
 
 

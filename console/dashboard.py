@@ -28,7 +28,7 @@ from console.context import (
 )
 from console.errors import status_of
 from console.signin import TooManySignIns, sign_in
-from shared import apikeys, deliveries, projects, suspensions, webhooks
+from shared import apikeys, deliveries, projects, suspensions, users, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
@@ -125,9 +125,18 @@ async def home(request: Request, state: ConsoleDep) -> Response:
     return see_other("/projects" if signed_in else "/signin")
 
 
+def signin_context(state: Console) -> dict[str, Any]:
+    return {
+        "supabase": state.settings.uses_supabase_auth,
+        "signup": state.settings.allow_signup,
+        "min_password": users.MIN_PASSWORD_LENGTH,
+        "max_password": users.MAX_PASSWORD_LENGTH,
+    }
+
+
 @router.get("/signin")
 async def signin_page(request: Request, state: ConsoleDep) -> HTMLResponse:
-    return render(request, "signin.html", {"supabase": state.settings.uses_supabase_auth})
+    return render(request, "signin.html", signin_context(state))
 
 
 @router.post("/signin")
@@ -141,7 +150,7 @@ async def signin(request: Request, state: ConsoleDep, form: Form) -> Response:
         page = render(
             request,
             "signin.html",
-            {"supabase": state.settings.uses_supabase_auth, "error": exc.message, "email": email},
+            {**signin_context(state), "error": exc.message, "email": email},
             status=401 if isinstance(exc, PermissionDenied) else status_of(exc),
         )
         if isinstance(exc, TooManySignIns):

@@ -3,6 +3,7 @@ modules return as frozen dataclasses are served as they are; models here add or 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 from uuid import UUID
@@ -59,10 +60,18 @@ Password = Annotated[str, _text(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH)]
 Message = Annotated[str, _text(None, 500)]
 
 
+# RFC 3339's date-time, the offset optional (then UTC). Pydantic alone would also take a bare
+# date or a Unix time, which the schema's `date-time` does not allow.
+_DATE_TIME: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
 def _time_text(value: object) -> object:
-    # The schema says a date-time string: a number (a Unix time to pydantic) is refused.
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be a date-time string, e.g. 2030-01-01T00:00:00Z")
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _DATE_TIME.fullmatch(value) is None:
+        raise ValueError("must be a date-time such as 2030-01-01T00:00:00Z (no offset: UTC)")
     return value
 
 
