@@ -337,3 +337,21 @@ def test_sign_out_in_the_browser_ends_the_session_on_the_server(served_console: 
             assert api.status_code == 401
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_the_revocation_list_is_out_of_reach_of_api_roles(database_url: str, role: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for statement in [
+            "select count(*) from private.revoked_sessions",
+            "delete from private.revoked_sessions",
+            "insert into private.revoked_sessions (token_id, user_id, expires_at)"
+            " values ('x', gen_random_uuid(), now())",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(f"set local role {role}")
+                conn.execute(statement)
+        exposed = conn.execute(
+            "select relrowsecurity from pg_class where oid = 'private.revoked_sessions'::regclass"
+        ).fetchone()
+        assert exposed == (True,)
