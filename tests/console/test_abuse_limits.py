@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -31,7 +32,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def app_with(
-    database_url: str, db: Database, *, redis_url: str | None = None, **console: object
+    database_url: str, db: Database, *, redis_url: str | None = None, **console: Any
 ) -> FastAPI:
     settings = ConsoleSettings(
         _env_file=None, jwt_secret=TEST_SECRET, cookie_secure=False, **console

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,7 +90,7 @@ async def test_naive_expiry_is_utc_and_a_bare_date_is_refused(
     assert_error_shape(again, 409, "CONFLICT")
 
 
-def docs_app(database_url: str, db: Database, **console: object) -> httpx.AsyncClient:
+def docs_app(database_url: str, db: Database, **console: Any) -> httpx.AsyncClient:
     settings = ConsoleSettings(_env_file=None, jwt_secret=TEST_SECRET, **console)
     app = create_app(
         settings, PlatformSettings(_env_file=None, database_url=database_url), database=db

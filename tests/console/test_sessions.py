@@ -328,7 +328,9 @@ def test_sign_out_in_the_browser_ends_the_session_on_the_server(served_console: 
             page.click("form[action='/signout'] button")
             page.wait_for_url("**/signin")
             # The old token, put back (as a thief who copied it would), no longer opens anything.
-            context.add_cookies([{**cookie, "value": stolen}])
+            context.add_cookies(
+                [{"name": "parity_session", "value": stolen, "url": served_console}]
+            )
             page.goto("/projects")
             assert page.url.endswith("/signin")
             api = httpx.get(
