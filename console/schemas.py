@@ -41,8 +41,8 @@ def _as_utc(value: datetime | None) -> datetime | None:
 # Postgres text cannot hold NUL: every string refuses it.
 _TEXT: Final = r"^[^\x00]*$"
 # Names are stripped (Python's whitespace) before use: at least one visible character.
-_NAME: Final = r"^[^\x00]*[^\x00-\x20\x7f\s][^\x00]*$"
-_NO_SPACE: Final = r"[^\s\x00-\x20\x7f]"
+_NAME: Final = rf"^[^\x00]*[^{users.SPACE_OR_CONTROL}][^\x00]*$"
+_NO_SPACE: Final = rf"[^{users.SPACE_OR_CONTROL}]"
 EMAIL_PATTERN: Final = f"^{users.EMAIL_PATTERN.pattern}$"
 # An absolute http(s) URL with an ASCII host (the webhook module's own checks, stated here).
 URL_PATTERN: Final = (

@@ -20,10 +20,15 @@ from shared.errors import InvalidInput, PermissionDenied
 
 MIN_PASSWORD_LENGTH: Final = 8
 MAX_PASSWORD_LENGTH: Final = 200
+# Characters that are space or control to any regex dialect (Python's \s, Unicode White_Space,
+# C0 and C1 controls), spelled out so that every reader of the pattern agrees.
+SPACE_OR_CONTROL: Final = (
+    r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 # Deliberately loose: one @, something either side, a dot in the domain, no spaces or control
 # characters. The console's API schema states the same pattern, anchored.
 EMAIL_PATTERN: Final = re.compile(
-    r"[^@\s\x00-\x20\x7f]{1,64}@[^@\s\x00-\x20\x7f]+\.[^@\s\x00-\x20\x7f]+"
+    rf"[^@{SPACE_OR_CONTROL}]{{1,64}}@[^@{SPACE_OR_CONTROL}]+\.[^@{SPACE_OR_CONTROL}]+"
 )
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
