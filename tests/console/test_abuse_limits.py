@@ -261,3 +261,19 @@ def test_the_cap_applies_to_streamed_bodies_in_process(
         )
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "REQUEST_TOO_LARGE"
+
+
+async def test_the_dashboard_sign_in_is_throttled_too(database_url: str, db: Database) -> None:
+    app = app_with(database_url, db, allow_signup=False, signin_limit_per_account="2/minute")
+    transport = httpx.ASGITransport(app=app, client=("10.5.5.5", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as http:
+        page = await http.get("/signin")
+        assert "8 to 200 characters" in page.text
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        form = {"email": "ada@example.com", "password": PASSWORD, "csrf_token": token}
+        statuses = [(await http.post("/signin", data=form)).status_code for _ in range(2)]
+        assert statuses == [401, 401]
+        blocked = await http.post("/signin", data=form)
+        assert blocked.status_code == 429
+        assert int(blocked.headers["retry-after"]) >= 1
+        assert "too many sign-in attempts" in blocked.text
