@@ -21,6 +21,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis.stateful import run_state_machine_as_test
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
@@ -159,17 +160,26 @@ def test_stateful_sequences_keep_the_contract(seeded: Seeded) -> None:
                 transport_kwargs=kwargs,
             )
 
-    run_state_machine_as_test(
-        Sequences,
-        settings=settings(
-            max_examples=int(os.environ.get("PARITY_FUZZ_STEPS", DEFAULT_STEPS)),
-            stateful_step_count=8,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        ),
-    )
+    for attempt in range(3):
+        try:
+            run_state_machine_as_test(
+                Sequences,
+                settings=settings(
+                    max_examples=int(os.environ.get("PARITY_FUZZ_STEPS", DEFAULT_STEPS)),
+                    stateful_step_count=8,
+                    deadline=None,
+                    derandomize=attempt == 0,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+            break
+        except FlakyStrategyDefinition:
+            # Rows made by earlier steps changed what a replayed step drew: not a contract
+            # failure (schemathesis's own runner then starts a fresh session too); run again.
+            continue
+    else:
+        pytest.fail("the stateful run could not complete in three sessions")
     # Chains ran: creations fed later calls along the inferred links.
     assert len(made) >= 20 and len(set(made)) >= 8, sorted(set(made))
 
