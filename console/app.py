@@ -172,6 +172,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         )
         return error_json(422, body)
     code, hint = _HTTP_CODES.get(status, ("HTTP_ERROR", None))
+    if status == 413:
+        limit = request.app.state.console.settings.max_body_bytes
+        hint = f"send at most {limit} bytes (CONSOLE_MAX_BODY_BYTES)"
     response = error_json(status, ErrorBody(code=code, message=str(exc.detail), hint=hint))
     response.headers.update(headers)
     return response

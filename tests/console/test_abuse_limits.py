@@ -242,6 +242,7 @@ async def test_bodies_within_the_cap_are_read(client: httpx.AsyncClient) -> None
     )
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "REQUEST_TOO_LARGE"
+    assert "1048576 bytes" in big.json()["error"]["hint"]
 
 
 def test_the_cap_applies_to_streamed_bodies_in_process(
