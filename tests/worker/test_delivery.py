@@ -9,7 +9,7 @@ from aiohttp import web
 
 from shared import deliveries
 from shared.db import Database
-from shared.errors import InvalidInput
+from shared.errors import Conflict
 from tests.worker.conftest import (
     MakeProject,
     Receiver,
@@ -307,7 +307,7 @@ async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered_until_enable
         await conn.execute(
             "update public.webhook_endpoints set enabled = false where id = %s", (endpoint,)
         )
-    with pytest.raises(InvalidInput, match="is disabled: enable it, then redeliver"):
+    with pytest.raises(Conflict, match="is disabled: enable it, then redeliver"):
         async with db.as_service() as conn:
             await deliveries.redeliver(conn, delivery_id)
     await drain(database_url)
