@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -39,10 +40,9 @@ FAST: dict[str, Any] = {
     "poll_interval_seconds": 0.05,
     "sweep_interval_seconds": 0.05,
     "heartbeat_interval_seconds": 0.1,
+    "retry_schedule_seconds": [0.01, 0.02, 0.05],
     "retry_wait_base_seconds": 0.01,
-    "retry_wait_max_seconds": 0.05,
     "unbounded_retry_wait_max_seconds": 0.05,
-    "retry_jitter_seconds": 0.0,
     "lease_seconds": 10.0,
     "request_timeout_seconds": 5.0,
     "shutdown_grace_seconds": 5.0,
@@ -298,7 +298,7 @@ def worker_env(database_url: str, **overrides: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     env["DATABASE_URL"] = database_url
     for key, value in {**FAST, **overrides}.items():
-        env[f"WORKER_{key.upper()}"] = str(value)
+        env[f"WORKER_{key.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return env
 
 
