@@ -24,14 +24,16 @@ async def listen(
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 await conn.execute(sql.SQL("listen {}").format(sql.Identifier(DELIVERIES_CHANNEL)))
                 logger.debug("listening on {}", DELIVERIES_CHANNEL)
+                if outage is not None:
+                    outage.ok()
                 delay = 0.1
                 # Something may have been written while we were not listening.
                 wake.set()
                 async for _ in conn.notifies():
                     wake.set()
         except psycopg.OperationalError as exc:
-            if outage is not None and outage.ongoing:
-                logger.debug("notification connection still down ({})", exc)
+            if outage is not None:
+                outage.failed("listening for notifications", exc)
             else:
                 logger.warning(
                     "notification connection lost ({}); reconnecting in {:.1f} s", exc, delay

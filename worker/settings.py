@@ -42,7 +42,10 @@ class WorkerSettings(BaseSettings):
         default=3_600.0, gt=0, description="Heartbeat rows of workers silent this long are pruned."
     )
     check_timeout_seconds: float = Field(
-        default=4.0, gt=0, le=60, description="`--check` answers within this, database down or not."
+        default=3.0,
+        gt=0,
+        le=60,
+        description="`--check` gives the database this long (process start-up comes on top).",
     )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a claimed delivery stays ours; then claimable."
