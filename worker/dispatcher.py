@@ -116,6 +116,7 @@ class Dispatcher:
         self._outage = outage or Outage()
         self._budgets = queue.Budgets.from_config()
         self._held_limit = settings.held_limit
+        self._next_settle = 0.0
         self.stats = DispatchStats()
         # After a database error: short, since the pool replaces dead connections by itself.
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
@@ -181,9 +182,16 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> int:
         held = list(self._held)
+        loop = asyncio.get_running_loop()
+        # Lost attempts are rare (a worker died): looking for them once a second is plenty.
+        settle = loop.time() >= self._next_settle
         try:
             async with self._db.as_service() as conn:
-                settled = await queue.settle_lost(conn, held=held, budgets=self._budgets)
+                settled = (
+                    await queue.settle_lost(conn, held=held, budgets=self._budgets)
+                    if settle
+                    else {}
+                )
                 claimed = await queue.claim(
                     conn,
                     worker_id=self._worker_id,
@@ -200,6 +208,8 @@ class Dispatcher:
             await asyncio.sleep(self._retry_pause)
             return 0
         self._outage.ok()
+        if settle:
+            self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
         if settled:
             exhausted = sum(1 for status in settled.values() if status == "exhausted")
             logger.warning(
@@ -292,7 +302,9 @@ class Dispatcher:
         interval = self._settings.record_interval_seconds
         while not self._closing:
             await self._results_ready.wait()
-            if interval and len(self._results) < self._settings.concurrency and not self._closing:
+            # Waiting for more only pays while other requests are still in flight.
+            batching = len(self._results) < self._settings.concurrency and self._inflight
+            if interval and batching and not self._closing:
                 await asyncio.sleep(interval)
             self._results_ready.clear()
             await self._flush()
