@@ -38,7 +38,7 @@ async def test_a_hanging_endpoint_does_not_delay_another_projects_webhooks(
 ) -> None:
     timeout = 2.0
     async with (
-        serving(Receiver(delay=3_600)) as hanging,
+        serving(Receiver(delay=3_600), hang_up_with_client=True) as hanging,
         serving(Receiver()) as healthy,
     ):
         project_a, _ = await webhook_project(db, make_project, hanging, "prod")
