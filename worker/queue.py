@@ -2,9 +2,11 @@
 release leases. Every query the dispatcher runs is here.
 
 A claim is committed before any HTTP call, so no row lock is held while a receiver answers; the
-lease (`leased_by`, `lease_expires_at`) keeps other workers away, and once it expires the delivery
-is claimable again. Recording is guarded by the lease and the attempt count, so a worker that lost
-its lease (and whose delivery was claimed and recorded by another) changes nothing.
+lease (`leased_by`, `lease_expires_at`, renewed while the worker holds the delivery) keeps other
+workers away. A claim counts the attempt (`attempts + 1`); a lease that expires without a record
+or a release means the worker stopped mid-attempt, and the next claim logs that attempt as
+"outcome unknown" before the delivery is claimable again. Recording is guarded by the lease and
+the attempt count, so a worker that lost its lease steers nothing, though its attempt is logged.
 """
 
 from __future__ import annotations
