@@ -220,3 +220,35 @@ async def test_a_payload_that_kills_every_worker_ends_exhausted(
     assert [a["attempt_number"] for a in attempts] == [1, 2, 3, 4]
     assert all("outcome unknown" in a["error"] for a in attempts)
     assert receiver.bad_signatures == []
+
+
+async def test_a_claim_never_returns_a_delivery_its_worker_still_holds(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    await emit_events(db, project, 2)
+    budgets = queue.Budgets.from_config()
+    async with db.as_service() as conn:
+        held = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=1,
+            lease_seconds=0.001,  # expires at once, as after an outage
+            per_endpoint=10,
+            held=[],
+            budgets=budgets,
+        )
+        assert len(held) == 1
+    async with db.as_service() as conn:
+        # Neither settled as lost nor claimed again while the worker says it holds it.
+        assert await queue.settle_lost(conn, held=[held[0].id], budgets=budgets) == {}
+        again = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=10,
+            lease_seconds=60,
+            per_endpoint=10,
+            held=[held[0].id],
+            budgets=budgets,
+        )
+    assert [d.id for d in again] != [] and held[0].id not in {d.id for d in again}

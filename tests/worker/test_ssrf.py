@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from tests.worker.conftest import (
     emit_events,
     eventually,
     running_worker,
+    start_worker_process,
+    stop_process,
     worker_settings,
 )
 from worker.queue import ClaimedDelivery
@@ -203,3 +206,34 @@ async def test_a_running_worker_refuses_every_form_and_records_why(
         assert "loopback address" in errors[f"http://{host}:{port}/hook"], host
     for host, why in ELSEWHERE.items():
         assert why in errors[f"http://{host}:{port}/hook"], host
+
+
+async def test_a_worker_process_refuses_the_numeric_forms(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    receiver: Receiver,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # `python -m worker` itself (every numeric form here means 127.0.0.1: nothing leaves loopback).
+    port = _port(receiver)
+    project = await make_project("prod")
+    for host in NUMERIC_LOOPBACK:
+        receiver.url = f"http://{host}:{port}/hook"
+        await add_endpoint(db, project, receiver)
+    deliveries = await emit_events(db, project)
+
+    async def all_attempted() -> bool:
+        return all([await attempt_rows(db, d) for d in deliveries])
+
+    worker = start_worker_process(
+        database_url, allow_private_targets=False, retry_schedule_seconds=[600.0]
+    )
+    processes.append(worker)
+    await eventually(all_attempted, what="an attempt of every delivery")
+    assert await stop_process(worker) == 0
+    assert receiver.arrived == receiver.bad_signatures == []
+    for delivery_id in deliveries:
+        [attempt] = await attempt_rows(db, delivery_id)
+        assert "refused" in attempt["error"] and "127.0.0.1" in attempt["error"]
+        assert "a loopback address" in attempt["error"]
