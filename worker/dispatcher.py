@@ -392,7 +392,8 @@ class Dispatcher:
                 await self._flush()
         except (TimeoutError, ParityError) as exc:
             logger.error(
-                "could not record {} attempts before stopping ({!r}); they will be sent again",
+                "could not record {} attempts before stopping ({!r}): the next claim after"
+                " their leases expire logs them as outcome unknown and sends them again",
                 len(self._results),
                 exc,
             )
