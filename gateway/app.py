@@ -19,7 +19,7 @@ from gateway.errors import PublishableKeyReadOnly, RequestTooLarge, status_for
 from gateway.keycache import KeyCache
 from gateway.listener import listen_for_invalidations
 from gateway.metering import UsageMeter
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import METRICS
 from gateway.proxy import Upstream, UpstreamResponse, forward_headers
 from gateway.ratelimit import (
     Decision,
@@ -168,7 +168,7 @@ class Gateway:
             total_timeout=settings.upstream_timeout_seconds,
             max_connections=settings.max_upstream_connections,
         )
-        self.metrics = GatewayMetrics() if settings.metrics_port is not None else None
+        self.metrics = METRICS if settings.metrics_port is not None else None
         """None when no metrics port is set: the request path then counts nothing."""
         self.listening = asyncio.Event()
         self.started = asyncio.Event()
@@ -272,10 +272,10 @@ class Gateway:
             parse_token(token)
             if self.cache.known_unknown(key_hash):
                 if metrics is not None:
-                    metrics.cache_negative()
+                    metrics.cache_negatives += 1
                 return None
             if metrics is not None:
-                metrics.cache_miss()
+                metrics.cache_misses += 1
             limited = self.settings.client_lookup_limit and client is not None
             credential = await self.cache.get(
                 key_hash, (lambda: self._count_lookup(client)) if limited else None
@@ -283,7 +283,7 @@ class Gateway:
             if credential is None:
                 return None
         elif metrics is not None:
-            metrics.cache_hit()
+            metrics.cache_hits += 1
         if not token.startswith(_PREFIXES[credential.key_environment, credential.kind]):
             raise InvalidApiKey(
                 "API key does not match its record (environment or kind): use the key exactly"

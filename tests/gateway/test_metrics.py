@@ -14,11 +14,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import GATEWAY_BUCKETS, UPSTREAM_BUCKETS, GatewayMetrics
 from shared.environment import Environment
 from shared.keys import KeyKind, generate_token
 from tests.gateway.conftest import (
@@ -224,3 +227,53 @@ async def test_readyz_turns_unready_while_postgres_is_down_and_ready_once_it_is_
         assert body == {"status": "ready", "checks": {"database": "ok"}}
         async with http.get(url, headers=bearer(token)) as response:
             assert response.status == 200
+
+
+def test_histograms_and_counters_read_as_prometheus_clients_own_would() -> None:
+    """The plain counts the request path keeps, read through the collector, give exactly what
+    prometheus_client's own Counter and Histogram give for the same requests (bucket bounds
+    inclusive, cumulative, +Inf, sum, count)."""
+    ours = GatewayMetrics()  # not registered: a private instance
+    registry = CollectorRegistry()
+    theirs_requests = Counter(
+        "parity_gateway_requests", "", ["environment", "code"], registry=registry
+    )
+    theirs_gateway = Histogram(
+        "parity_gateway_request_duration_seconds", "", buckets=GATEWAY_BUCKETS, registry=registry
+    )
+    theirs_upstream = Histogram(
+        "parity_gateway_upstream_duration_seconds", "", buckets=UPSTREAM_BUCKETS, registry=registry
+    )
+    prod = SimpleNamespace(key_environment=Environment.PROD)
+    cases: list[tuple[Any, str | None, float, float | None]] = [
+        (prod, None, 0.0001, 0.001),  # exactly on bounds: counted in that bucket
+        (prod, None, 0.00011, 0.0011),
+        (prod, "RATE_LIMITED", 3.0, None),  # past the last bound: +Inf only
+        (None, "INVALID_API_KEY", 0.0, None),
+        (prod, "UPSTREAM_TIMEOUT", 0.002, 45.0),
+    ]
+    for credential, code, gateway_seconds, upstream_seconds in cases:
+        ours.request(credential, code, gateway_seconds, upstream_seconds)
+        environment = credential.key_environment.value if credential else "none"
+        theirs_requests.labels(environment, code or "ok").inc()
+        theirs_gateway.observe(gateway_seconds)
+        if upstream_seconds is not None:
+            theirs_upstream.observe(upstream_seconds)
+    mine_registry = CollectorRegistry()
+    mine_registry.register(ours)
+    mine = parse(generate_latest(mine_registry).decode())
+    reference = {
+        key: count
+        for key, count in parse(generate_latest(registry).decode()).items()
+        if not key[0].endswith("_created")
+    }
+    for key, count in reference.items():
+        assert mine.get(key) == count, key
+    compared = (
+        "parity_gateway_requests_total",
+        "parity_gateway_request_",
+        "parity_gateway_upstream_",
+    )
+    for key, count in mine.items():
+        if key[0].startswith(compared) and key not in reference:
+            assert count == 0, key  # the series shown at 0 from the start
