@@ -5,7 +5,8 @@ free loopback port against a fresh, migrated database, then measures sequential 
 interleaved round-robin so that every figure shares the same moment of a noisy machine:
 
 - reference: `GET /healthz` (the same server, no auth, no database): the HTTP floor;
-- `GET /api/v1/me`: JWT verification, no database;
+- `GET /api/v1/me`: JWT verification and the session check (revoked? user still there?: one
+  indexed query), no RLS transaction;
 - `GET /api/v1/projects`: JWT + a transaction as the user (RLS) + JSON of 100 projects;
 - `GET /projects`: the same query rendered by Jinja2 into the dashboard page;
 - in this process, the RLS transaction alone over psycopg (the database floor).
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 probes = {
                     "GET /healthz (reference)": get("/healthz"),
-                    "GET /api/v1/me (JWT, no db)": get("/api/v1/me", headers=bearer),
+                    "GET /api/v1/me (JWT + session check)": get("/api/v1/me", headers=bearer),
                     "GET /api/v1/projects (100, RLS)": api_list,
                     "GET /projects page (100, RLS)": page,
                     "RLS query alone, in-process": rls_query(url, user),

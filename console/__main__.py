@@ -10,7 +10,7 @@ import uvicorn
 
 from console.app import create_app
 from console.metrics import ConsoleProcessSettings, RequestMetrics
-from console.settings import ConsoleSettings
+from console.settings import ConsoleSettings, UnsafeSettings, is_local_run
 from shared.logging import configure_logging
 from shared.metrics import serve_metrics
 from shared.settings import PlatformSettings
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if not platform.database_url:
         parser.error("DATABASE_URL is not set (`make run` sets it)")
     configure_logging(log_format=platform.log_format, process="console")
-    app = create_app(settings, platform)
+    local = is_local_run(settings, database_url=platform.database_url, host=args.host)
+    try:
+        app = create_app(settings, platform, local=local)
+    except UnsafeSettings as exc:
+        parser.error(str(exc))
     print(f"Console: http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     config = uvicorn.Config(
         RequestMetrics(app),

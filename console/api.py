@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
+from console import sessions, signin
 from console.auth import Unauthenticated
-from console.context import ApiSession, ConsoleDep
+from console.context import ApiSession, ConsoleDep, client_address
 from console.schemas import (
     CreatedEndpointOut,
     Credentials,
@@ -41,6 +42,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "Not signed in"},
     404: {"model": ErrorOut, "description": "No such thing, or not yours"},
     409: {"model": ErrorOut, "description": "Conflicts with the current state"},
+    413: {"model": ErrorOut, "description": "Request body over the size limit"},
     422: {"model": ErrorOut, "description": "Invalid input"},
 }
 
@@ -61,16 +63,42 @@ def issued_out(issued: IssuedKey) -> IssuedKeyOut:
     return IssuedKeyOut(key=key_out(issued.key), token=issued.token)
 
 
-@router.post("/auth/token", tags=["session"], responses={403: _ERRORS[401]})
-async def sign_in(body: Credentials, state: ConsoleDep, response: Response) -> TokenOut:
+@router.post(
+    "/auth/token",
+    tags=["session"],
+    responses={
+        401: {"model": ErrorOut, "description": "Wrong email or password"},
+        429: {
+            "model": ErrorOut,
+            "description": "Too many attempts for this email or from this address",
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            },
+        },
+    },
+)
+async def sign_in(
+    body: Credentials, request: Request, state: ConsoleDep, response: Response
+) -> TokenOut:
     """A session token for API clients: the same sign-in as the dashboard's (Supabase Auth when
-    configured, else the local one)."""
+    configured, else the local one), throttled per email and per client address."""
     response.headers["Cache-Control"] = "no-store"
     try:
-        token = await state.sign_in(body.email, body.password)
+        token = await signin.sign_in(
+            state.sign_in, state.throttle, body.email, body.password, client_address(request)
+        )
     except PermissionDenied as exc:
-        raise Unauthenticated(exc.message) from None
+        raise Unauthenticated(exc.message, hint=None) from None
     return TokenOut(access_token=token)
+
+
+@router.post("/auth/signout", status_code=status.HTTP_204_NO_CONTENT, tags=["session"])
+async def sign_out(state: ConsoleDep, session: ApiSession) -> Response:
+    """End this session now: its token is refused from then on (and, with Supabase Auth, the
+    session is signed out there too)."""
+    await sessions.revoke(state.db, session)
+    await state.sign_in.sign_out(session.token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/me", tags=["session"])

@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
+from console import sessions
 from console.auth import Authenticator, Csrf, Session, Unauthenticated
 from console.flash import FlashBox
 from console.settings import ConsoleSettings
-from console.signin import SignIn
+from console.signin import SignIn, SignInThrottle
 from shared.db import Database
 from shared.settings import PlatformSettings
 
@@ -29,6 +30,7 @@ class Console:
     auth: Authenticator
     csrf: Csrf
     sign_in: SignIn
+    throttle: SignInThrottle
     templates: Jinja2Templates
     platform: PlatformSettings
     flash: FlashBox
@@ -63,7 +65,7 @@ async def api_session(request: Request, state: ConsoleDep) -> Session:
             raise Unauthenticated()
         if request.method in UNSAFE_METHODS:
             state.csrf.check(request.cookies.get(CSRF_COOKIE), request.headers.get(CSRF_HEADER))
-    return await state.auth.verify(token)
+    return await live_session(state, token)
 
 
 async def page_session(request: Request, state: ConsoleDep) -> Session:
@@ -71,7 +73,20 @@ async def page_session(request: Request, state: ConsoleDep) -> Session:
     token = request.cookies.get(state.settings.cookie_name)
     if token is None:
         raise Unauthenticated()
-    return await state.auth.verify(token)
+    return await live_session(state, token)
+
+
+async def live_session(state: Console, token: str) -> Session:
+    """The session `token` stands for: validly signed, unexpired, not ended, its user existing."""
+    session = await state.auth.verify(token)
+    await sessions.check(state.db, session)
+    return session
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the server sees it (uvicorn applies X-Forwarded-For only from the
+    proxies it trusts: `--forwarded-allow-ips`)."""
+    return request.client.host if request.client else "unknown"
 
 
 async def checked_form(request: Request, state: ConsoleDep) -> dict[str, str]:

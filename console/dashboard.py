@@ -19,7 +19,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from markupsafe import Markup
 
-from console.auth import Session
+from console import sessions
+from console.auth import Session, Unauthenticated
 from console.context import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -27,11 +28,14 @@ from console.context import (
     ConsoleDep,
     Form,
     PageSession,
+    client_address,
     get_console,
+    live_session,
 )
 from console.errors import status_of
 from console.flash import FLASH_COOKIE, FLASH_TTL_SECONDS, Flash
-from shared import apikeys, deliveries, projects, suspensions, usage, webhooks
+from console.signin import TooManySignIns, sign_in
+from shared import apikeys, deliveries, projects, suspensions, usage, users, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
@@ -200,23 +204,37 @@ async def home(request: Request, state: ConsoleDep) -> Response:
     return see_other("/projects" if signed_in else "/signin")
 
 
+def signin_context(state: Console) -> dict[str, Any]:
+    return {
+        "supabase": state.settings.uses_supabase_auth,
+        "signup": state.settings.allow_signup,
+        "min_password": users.MIN_PASSWORD_LENGTH,
+        "max_password": users.MAX_PASSWORD_LENGTH,
+    }
+
+
 @router.get("/signin")
 async def signin_page(request: Request, state: ConsoleDep) -> HTMLResponse:
-    return render(request, "signin.html", {"supabase": state.settings.uses_supabase_auth})
+    return render(request, "signin.html", signin_context(state))
 
 
 @router.post("/signin")
 async def signin(request: Request, state: ConsoleDep, form: Form) -> Response:
     email = form.get("email", "")
     try:
-        token = await state.sign_in(email, form.get("password", ""))
-    except (InvalidInput, PermissionDenied) as exc:
-        return render(
+        token = await sign_in(
+            state.sign_in, state.throttle, email, form.get("password", ""), client_address(request)
+        )
+    except (InvalidInput, PermissionDenied, TooManySignIns) as exc:
+        page = render(
             request,
             "signin.html",
-            {"supabase": state.settings.uses_supabase_auth, "error": exc.message, "email": email},
-            status=422 if isinstance(exc, InvalidInput) else 401,
+            {**signin_context(state), "error": exc.message, "email": email},
+            status=401 if isinstance(exc, PermissionDenied) else status_of(exc),
         )
+        if isinstance(exc, TooManySignIns):
+            page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     response = see_other("/projects")
     response.set_cookie(
         state.settings.cookie_name,
@@ -230,7 +248,17 @@ async def signin(request: Request, state: ConsoleDep, form: Form) -> Response:
 
 
 @router.post("/signout")
-async def signout(state: ConsoleDep, form: Form) -> Response:
+async def signout(request: Request, state: ConsoleDep, form: Form) -> Response:
+    """End the session on the server (its token is refused from now on), then drop the cookie."""
+    token = request.cookies.get(state.settings.cookie_name)
+    if token is not None:
+        try:
+            session = await live_session(state, token)
+        except Unauthenticated:
+            pass  # already expired or ended: nothing left to end
+        else:
+            await sessions.revoke(state.db, session)
+            await state.sign_in.sign_out(token)
     response = see_other("/signin")
     response.delete_cookie(state.settings.cookie_name)
     return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from console.auth import CsrfFailed, Unauthenticated
+from console.signin import TooManySignIns
 from shared.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -18,6 +19,7 @@ from shared.errors import (
 # Most specific first: EnvironmentLocked is a Conflict, InvalidEnvironment an InvalidInput.
 _STATUS: Final[tuple[tuple[type[ParityError], int], ...]] = (
     (Unauthenticated, 401),
+    (TooManySignIns, 429),
     (CsrfFailed, 403),
     (NotFound, 404),
     (InvalidInput, 422),

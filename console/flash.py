@@ -56,9 +56,12 @@ class Flash:
 class FlashBox:
     """Seals flashes into cookie values and opens each one once."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str | None) -> None:
         # A key of its own, derived from the console's secret: a flash cookie is no CSRF token.
-        key = hmac.new(secret.encode(), b"console flash", hashlib.sha256).digest()
+        # Without a shared secret (Supabase's JWKS only) the key is this process's own, as the
+        # CSRF key is: a flash then opens only on the replica that sealed it.
+        seed = secret.encode() if secret is not None else secrets.token_bytes(32)
+        key = hmac.new(seed, b"console flash", hashlib.sha256).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
         self._opened: dict[str, float] = {}
 

@@ -3,34 +3,146 @@ modules return as frozen dataclasses are served as they are; models here add or 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
+from shared import users
 from shared.deliveries import Attempt, Delivery
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Suspension
+from shared.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from shared.webhooks import WebhookEndpoint
 
 
-def _no_nul(value: str) -> str:
-    # Postgres text cannot hold NUL: refuse it here with a clear message rather than fail later.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _as_utc(value: datetime | None) -> datetime | None:
+    # A time without an offset is taken as UTC (documented), never compared naive with aware.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     return value
 
 
-# Length first (str's own, clearer messages), then the NUL check.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)]
-KeyName = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
-Url = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_no_nul)]
-Description = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
-EventType = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_no_nul)]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
-Message = Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)]
+# Each constraint is a JSON Schema keyword, so the OpenAPI schema says exactly what is accepted.
+# Postgres text cannot hold NUL: every string refuses it.
+_TEXT: Final = r"^[^\x00]*$"
+# Names are stripped (Python's whitespace) before use: at least one visible character.
+_NAME: Final = rf"^[^\x00]*[^{users.SPACE_OR_CONTROL}][^\x00]*$"
+_NO_SPACE: Final = rf"[^{users.SPACE_OR_CONTROL}]"
+EMAIL_PATTERN: Final = f"^{users.EMAIL_PATTERN.pattern}$"
+# An absolute http(s) URL with an ASCII host (the webhook module's own checks, stated here).
+URL_PATTERN: Final = (
+    r"^https?://[A-Za-z0-9\-._~!$&'()*+,;=%]+(:[0-9]{1,4})?([/?#]" + _NO_SPACE + r"*)?$"
+)
+EVENT_TYPE_PATTERN: Final = r"^[a-z_]+(\.[a-z_]+)+$"
+
+
+@dataclass(frozen=True)
+class Matching:
+    """A regular expression the value must match: stated in the schema as `pattern` and checked
+    here with a message a person can act on (not the expression itself)."""
+
+    pattern: str
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        regex = re.compile(self.pattern)
+        message = self.message
+
+        def check(value: str) -> str:
+            if regex.search(value) is None:
+                raise ValueError(message)
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        result = handler(schema)
+        result["pattern"] = self.pattern
+        return result
+
+
+NO_NUL = Matching(_TEXT, "must not contain NUL characters")
+
+
+def _length(min_length: int | None, max_length: int) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length)
+
+
+Name = Annotated[
+    str,
+    _length(1, 100),
+    Matching(_NAME, "must have a visible character (and no NUL characters)"),
+]
+KeyName = Annotated[str, _length(None, 100), NO_NUL]
+Url = Annotated[
+    str,
+    _length(1, 2048),
+    Matching(
+        URL_PATTERN,
+        "webhook URL must be an absolute http:// or https:// URL with an ASCII host name, "
+        "without spaces or control characters",
+    ),
+]
+Description = Annotated[str, _length(None, 200), NO_NUL]
+EventType = Annotated[
+    str,
+    _length(None, 100),
+    Matching(EVENT_TYPE_PATTERN, "expected dotted lower-case words, e.g. project.suspended"),
+]
+Email = Annotated[
+    str,
+    _length(3, 254),
+    Matching(EMAIL_PATTERN, "enter a valid email address, e.g. ada@example.com"),
+]
+Password = Annotated[str, _length(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH), NO_NUL]
+Message = Annotated[str, _length(None, 500), NO_NUL]
+
+
+# RFC 3339's date-time, the offset optional (then UTC). Pydantic alone would also take a bare
+# date or a Unix time, which the schema's `date-time` does not allow.
+_DATE_TIME: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
+def _time_text(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _DATE_TIME.fullmatch(value) is None:
+        raise ValueError("must be a date-time such as 2030-01-01T00:00:00Z (no offset: UTC)")
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_time_text), AfterValidator(_as_utc)]
+
+
+def _not_bool(value: object) -> object:
+    # JSON Schema's integer takes 400.0 (as pydantic does) but never true.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class Input(BaseModel):
@@ -46,7 +158,9 @@ class Output(BaseModel):
 
 class Credentials(Input):
     email: Email = Field(examples=["ada@example.com"])
-    password: Password
+    password: Password = Field(
+        description=f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters."
+    )
 
 
 class ProjectCreate(Input):
@@ -68,11 +182,15 @@ class KeyCreate(Input):
         default="sk", description="pk: publishable (read-only); sk: secret."
     )
     name: KeyName = ""
-    expires_at: datetime | None = None
+    expires_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the key stops working; in the future. A time without an offset is "
+        "taken as UTC; null: never.",
+    )
 
 
 class KeyRotate(Input):
-    grace_seconds: int = Field(
+    grace_seconds: Integer = Field(
         default=86_400,
         ge=0,
         le=30 * 86_400,

@@ -13,7 +13,7 @@ from psycopg import AsyncConnection, sql
 
 from shared.db import Connection
 from shared.environment import Environment
-from shared.errors import InvalidInput, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.keys import KeyKind, display_form
 from shared.projects import ProjectStatus, get_project
 
@@ -143,7 +143,7 @@ async def rotate_key(conn: Connection, key_id: UUID, *, grace: timedelta) -> Iss
     # Locked, so that two concurrent rotations cannot both pass the check below.
     old = await get_key(conn, key_id, for_update=True)
     if old.status != "active":
-        raise InvalidInput(f"API key {key_id} is revoked: issue a new key instead")
+        raise Conflict(f"API key {key_id} is revoked: issue a new key instead")
     new = await create_key(conn, old.project_id, old.kind, name=old.name, expires_at=old.expires_at)
     if grace == timedelta(0):
         await revoke_key(conn, key_id)

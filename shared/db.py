@@ -46,8 +46,10 @@ def translate_error(exc: psycopg.Error) -> ParityError:
         case "PE002":
             return EnvironmentLocked(message, hint=hint)
         # PE004 (key lifecycle), PE005 (redelivery), PE006 (operator-disabled endpoint): ours too.
-        case "PE004" | "PE005":
+        case "PE004":
             return InvalidInput(message, hint=hint)
+        case "PE005":  # the delivery's state forbids it (already pending, endpoint disabled)
+            return Conflict(message, hint=hint)
         case "PE006":
             return PermissionDenied(message, hint=hint)
         case "P0002":  # no_data_found, raised by our functions for missing or another's rows

@@ -20,8 +20,16 @@ from shared.errors import InvalidInput, PermissionDenied
 
 MIN_PASSWORD_LENGTH: Final = 8
 MAX_PASSWORD_LENGTH: Final = 200
-# Deliberately loose: one @, something either side, a dot in the domain, no spaces.
-EMAIL_PATTERN: Final = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+# Characters that are space or control to any regex dialect (Python's \s, Unicode White_Space,
+# C0 and C1 controls), spelled out so that every reader of the pattern agrees.
+SPACE_OR_CONTROL: Final = (
+    r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+# Deliberately loose: one @, something either side, a dot in the domain, no spaces or control
+# characters. The console's API schema states the same pattern, anchored.
+EMAIL_PATTERN: Final = re.compile(
+    rf"[^@{SPACE_OR_CONTROL}]{{1,64}}@[^@{SPACE_OR_CONTROL}]+\.[^@{SPACE_OR_CONTROL}]+"
+)
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
@@ -34,10 +42,10 @@ class User:
 
 
 def clean_email(email: str) -> str:
-    cleaned = email.strip().lower()
-    if len(cleaned) > 254 or EMAIL_PATTERN.fullmatch(cleaned) is None:
+    stripped = email.strip()
+    if len(stripped) > 254 or EMAIL_PATTERN.fullmatch(stripped) is None:
         raise InvalidInput("enter a valid email address, e.g. ada@example.com")
-    return cleaned
+    return stripped.lower()
 
 
 def _check_password_shape(password: str) -> None:
@@ -72,11 +80,18 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-async def sign_in_local(conn: Connection, email: str, password: str) -> User:
-    """The user with `email`, created on first sign-in. Run as the service.
+_WRONG: Final = "wrong email or password"
+_DUMMY_HASH: Final = hash_password("not anybody's password", salt=b"\0" * 16)
+
+
+async def sign_in_local(
+    conn: Connection, email: str, password: str, *, allow_signup: bool = True
+) -> User:
+    """The user with `email`, created on first sign-in when `allow_signup`. Run as the service.
 
     A user created without a password (seeded by an operator) takes the password of their first
-    sign-in; afterwards the password must match.
+    sign-in; afterwards the password must match. An unknown email without sign-up gets the answer
+    (and the hashing work) of a wrong password, so the answer does not tell which emails exist.
     """
     address = clean_email(email)
     _check_password_shape(password)
@@ -85,6 +100,9 @@ async def sign_in_local(conn: Connection, email: str, password: str) -> User:
         (address,),
     )
     row = await cur.fetchone()
+    if row is None and not allow_signup:
+        verify_password(password, _DUMMY_HASH)
+        raise PermissionDenied(_WRONG)
     if row is None:
         cur = await conn.execute(
             "insert into auth.users (email, encrypted_password) values (%s, %s)"
@@ -93,7 +111,7 @@ async def sign_in_local(conn: Connection, email: str, password: str) -> User:
         )
         created = await cur.fetchone()
         if created is None:  # a concurrent first sign-in won the race
-            raise PermissionDenied("wrong email or password")
+            raise PermissionDenied(_WRONG)
         return User(id=created["id"], email=created["email"])
     if row["encrypted_password"] is None:
         await conn.execute(
@@ -101,7 +119,7 @@ async def sign_in_local(conn: Connection, email: str, password: str) -> User:
             (hash_password(password), row["id"]),
         )
     elif not verify_password(password, row["encrypted_password"]):
-        raise PermissionDenied("wrong email or password")
+        raise PermissionDenied(_WRONG)
     return User(id=row["id"], email=row["email"])
 
 

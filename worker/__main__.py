@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         parser.error(f"invalid settings (environment variables): {exc}")
     configure_logging(level=settings.log_level, log_format=platform.log_format, process="worker")
+    # The pool would log each failed reconnection; the worker says once that the database is away
+    # and once that it is back (worker.outage).
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     if not platform.database_url:
         parser.error("DATABASE_URL is not set")
     # uvloop: the dispatcher spends most of its time in socket I/O, where it is markedly faster.

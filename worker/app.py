@@ -12,9 +12,12 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from loguru import logger
+from psycopg.rows import dict_row
 
 from shared.db import Database
+from shared.environment import Environment
 from shared.errors import DatabaseUnavailable, ParityError
 from shared.settings import PlatformSettings
 from worker import autosuspend, heartbeat, metrics
@@ -22,12 +25,43 @@ from worker.autosuspend import SweepResult
 from worker.dispatcher import Dispatcher, wait_any
 from worker.errors import is_transient
 from worker.listener import listen
-from worker.retry import build_policies
+from worker.outage import Outage
+from worker.retry import build_policies, schedule_summary
 from worker.sender import Sender
 from worker.settings import WorkerSettings
 
 EXIT_OK = 0
 EXIT_TASK_DIED = 1
+EXIT_CONFIG = 2
+"""The database refuses us for a reason waiting cannot fix (unknown database or role, bad URL)."""
+
+# Connection failures that mean the configuration is wrong, not that the database is away. libpq
+# gives no SQLSTATE for these, only its message.
+_UNFIXABLE = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
+
+
+class Unfixable(Exception):
+    """The database cannot be used as configured; retrying will not help."""
+
+
+async def wait_for_database(url: str, stop: asyncio.Event, outage: Outage) -> None:
+    """Return once the database accepts a connection; until then log once and keep trying (every
+    second or so), or raise :class:`Unfixable` when the configuration itself is wrong."""
+    while not stop.is_set():
+        try:
+            conn = await psycopg.AsyncConnection.connect(url, connect_timeout=3)
+        except psycopg.ProgrammingError as exc:
+            raise Unfixable(f"DATABASE_URL is not usable: {exc}") from None
+        except psycopg.OperationalError as exc:
+            message = str(exc).strip()
+            if any(marker in message for marker in _UNFIXABLE):
+                raise Unfixable(message) from None
+            outage.failed("connecting at start", exc)
+            await wait_any(stop, seconds=1.0)
+            continue
+        await conn.close()
+        outage.ok()
+        return
 
 
 @metrics.timed_sweep
@@ -61,6 +95,7 @@ class Worker:
         self.started_at = datetime.now(UTC)
         self.swept = SweepResult(0, 0, 0)
         """Totals of every sweep so far, for the heartbeat."""
+        self.outage = Outage()
 
     def _database(self) -> Database:
         return Database(
@@ -72,7 +107,29 @@ class Worker:
         )
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> int:
-        """Work until `stop` is set (or, with `drain`, until nothing is due); an exit code."""
+        """Work until `stop` is set (or, with `drain`, until nothing is due); an exit code.
+
+        A database that is down at start is waited for; one that refuses us (unknown database or
+        role, bad URL) ends the run with EXIT_CONFIG and one log line."""
+        try:
+            await wait_for_database(self.platform.database_url, stop, self.outage)
+        except Unfixable as exc:
+            logger.error("cannot use the database: {}", exc)
+            return EXIT_CONFIG
+        if stop.is_set():
+            return EXIT_OK
+        for environment in Environment:
+            logger.info("retries {}", schedule_summary(environment, self.settings))
+        if self.settings.held_limit < self.settings.batch_size:
+            logger.info(
+                "holding at most {} deliveries (WORKER_BATCH_SIZE {}): what {} senders can start"
+                " before a {:g} s lease ends with {:g} s requests",
+                self.settings.held_limit,
+                self.settings.batch_size,
+                self.settings.concurrency,
+                self.settings.lease_seconds,
+                self.settings.request_timeout_seconds,
+            )
         async with self._database() as db, Sender(self.settings) as sender:
             wake = asyncio.Event()
             dispatcher = Dispatcher(
@@ -82,6 +139,7 @@ class Worker:
                 build_policies(self.settings),
                 worker_id=self.worker_id,
                 wake=wake,
+                outage=self.outage,
             )
             if drain:
                 await sweep(db, self.settings)
@@ -100,6 +158,7 @@ class Worker:
                 self.platform.session_database_url,
                 wake,
                 reconnect_max_seconds=self.settings.listen_reconnect_max_seconds,
+                outage=self.outage,
             ),
         }
         tasks = [asyncio.create_task(coro, name=name) for name, coro in coroutines.items()]
@@ -146,6 +205,9 @@ class Worker:
         while not stop.is_set():
             try:
                 self.swept = self.swept + await sweep(db, self.settings)
+                self.outage.ok()
+            except DatabaseUnavailable as exc:
+                self.outage.failed("auto-suspend sweep", exc)
             except ParityError as exc:
                 if not is_transient(exc):
                     raise
@@ -169,21 +231,39 @@ class Worker:
                             "sweeper": dataclasses.asdict(self.swept),
                         },
                     )
+                    pruned = await heartbeat.prune(
+                        conn, older_than_seconds=self.settings.heartbeat_retention_seconds
+                    )
+                self.outage.ok()
+                if pruned:
+                    logger.info("pruned {} heartbeats of workers silent for too long", pruned)
             except DatabaseUnavailable as exc:
-                logger.warning("heartbeat failed, database unavailable: {}", exc)
+                self.outage.failed("heartbeat", exc)
             await wait_any(stop, seconds=self.settings.heartbeat_interval_seconds)
 
 
 async def check(platform: PlatformSettings, settings: WorkerSettings) -> int:
-    """Exit 0 when some worker's heartbeat is fresh, 1 otherwise; print what was found."""
+    """Exit 0 when some worker's heartbeat is fresh, 1 otherwise (the database unreachable
+    included); print what was found. Answers within `check_timeout_seconds` either way."""
     max_age = settings.heartbeat_max_age_seconds
-    async with (
-        Database(platform.database_url, min_size=1, max_size=1) as db,
-        db.as_service() as conn,
-    ):
-        beats = await heartbeat.fresh(conn, max_age_seconds=max_age)
+    bound = settings.check_timeout_seconds
+    try:
+        async with asyncio.timeout(bound):
+            conn = await psycopg.AsyncConnection.connect(
+                platform.database_url,
+                connect_timeout=max(2, int(bound)),
+                autocommit=True,
+                row_factory=dict_row,
+            )
+            async with conn:
+                await conn.execute("set role service_role")
+                beats = await heartbeat.fresh(conn, max_age_seconds=max_age)
+    except (TimeoutError, psycopg.Error) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).strip().splitlines()[0]
+        print(f"database unavailable within {bound:g} s ({reason}): no worker heartbeat to read")
+        return EXIT_TASK_DIED
     for beat in beats:
         print(f"{beat.worker_id} (pid {beat.pid} on {beat.hostname}): beat at {beat.beat_at}")
     if not beats:
-        print(f"no worker heartbeat in the last {settings.heartbeat_max_age_seconds:g} s")
+        print(f"no worker heartbeat in the last {max_age:g} s")
     return EXIT_OK if beats else EXIT_TASK_DIED

@@ -19,15 +19,17 @@ from worker import metrics
 
 SUSPEND_REASON = "request cap exceeded"
 
-# Claims a batch of violators and marks them handled in one statement. The scan is served by the
-# partial index usage_counters_unhandled_violators_idx (requests >= request_cap and handled_at is
-# null), so it touches violators only, however many projects there are. SKIP LOCKED lets concurrent
-# sweepers split the work; the mark commits with the suspensions and events, or not at all.
+# Claims a batch of violators (projects over their cap: more requests than the cap allows) and
+# marks them handled in one statement. The scan is served by the partial index
+# usage_counters_unhandled_violators_idx (requests >= request_cap and handled_at is null, which
+# `requests > request_cap` implies), so it touches those at or over their cap only. SKIP LOCKED
+# lets concurrent sweepers split the work; the mark commits with the suspensions and events, or
+# not at all.
 VIOLATORS_QUERY = """
 with violators as (
     select project_id, window_start
       from public.usage_counters
-     where requests >= request_cap
+     where requests > request_cap
        and handled_at is null
      order by window_start
      limit %(limit)s

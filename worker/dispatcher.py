@@ -1,9 +1,11 @@
 """Webhook dispatch: claim due deliveries, send them with bounded concurrency, record the results.
 
-Three parts run side by side: the claim loop keeps up to `batch_size` deliveries leased (claiming
-again when half have been recorded), `concurrency` senders take them from an in-memory queue and
-make one attempt each, and the recorder writes finished attempts in batches (one statement per
-batch). Waiting is "a notification, the poll timer, room for more, or stop", whichever comes first.
+Four parts run side by side: the claim loop keeps up to `held_limit` deliveries leased (claiming
+again when half have been recorded; never more than the senders can start before the lease ends),
+`concurrency` senders take them from an in-memory queue and make one attempt each, the recorder
+writes finished attempts in batches (one statement per batch), and the renewer extends the leases
+of everything held, so no delivery this worker holds is ever claimed by another. Waiting is "a
+notification, the poll timer, room for more, or stop", whichever comes first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 from loguru import logger
@@ -22,6 +25,7 @@ from shared.environment import Environment
 from shared.errors import DatabaseUnavailable, ParityError
 from worker import metrics, queue
 from worker.errors import is_transient
+from worker.outage import Outage
 from worker.queue import AttemptResult, ClaimedDelivery, Outcome
 from worker.retry import RetryPolicy
 from worker.sender import Response, Sender, webhook_body
@@ -37,6 +41,7 @@ class DispatchStats:
     succeeded: int = 0
     failed: int = 0
     lost_leases: int = 0
+    outcome_unknown: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -100,6 +105,7 @@ class Dispatcher:
         *,
         worker_id: str,
         wake: asyncio.Event,
+        outage: Outage | None = None,
     ) -> None:
         self._db = db
         self._settings = settings
@@ -107,11 +113,15 @@ class Dispatcher:
         self._policies = policies
         self._worker_id = worker_id
         self._wake = wake
+        self._outage = outage or Outage()
+        self._budgets = queue.Budgets.from_config()
+        self._held_limit = settings.held_limit
+        self._next_settle = 0.0
         self.stats = DispatchStats()
         # After a database error: short, since the pool replaces dead connections by itself.
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
-        self._inflight: set[UUID] = set()
+        self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
@@ -127,21 +137,26 @@ class Dispatcher:
             for i in range(self._settings.concurrency)
         ]
         recorder = asyncio.create_task(self._record_loop(), name="recorder")
-        helpers = [*senders, recorder]
+        renewer = asyncio.create_task(self._renew_loop(), name="renewer")
+        helpers = [*senders, recorder, renewer]
         for helper in helpers:
             # A helper that dies wakes the claim loop, which then raises its exception.
             helper.add_done_callback(lambda _: self._room.set())
         try:
             await self._claim_loop(stop, drain=drain, helpers=helpers)
         finally:
-            await self._shut_down(senders, recorder)
+            try:
+                await self._shut_down(senders, recorder)
+            finally:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
 
     # The claim loop -------------------------------------------------------------------------------
 
     async def _claim_loop(
         self, stop: asyncio.Event, *, drain: bool, helpers: list[asyncio.Task[None]]
     ) -> None:
-        batch = self._settings.batch_size
+        batch = self._held_limit
         while not stop.is_set():
             for helper in helpers:
                 if helper.done():  # a sender or the recorder died: surface its exception
@@ -166,56 +181,119 @@ class Dispatcher:
                 )
 
     async def _claim(self, limit: int) -> int:
+        held = list(self._held)
+        loop = asyncio.get_running_loop()
+        # Lost attempts are rare (a worker died): looking for them once a second is plenty.
+        settle = loop.time() >= self._next_settle
         try:
             async with self._db.as_service() as conn:
+                settled = (
+                    await queue.settle_lost(conn, held=held, budgets=self._budgets)
+                    if settle
+                    else {}
+                )
                 claimed = await queue.claim(
                     conn,
                     worker_id=self._worker_id,
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
+                    per_endpoint=self._settings.endpoint_concurrency,
+                    held=held,
+                    budgets=self._budgets,
                 )
         except ParityError as exc:
             if not is_transient(exc):
                 raise
-            logger.warning("claim failed ({}); trying again", exc)
+            self._database_failed("claiming deliveries", exc)
             await asyncio.sleep(self._retry_pause)
             return 0
+        self._outage.ok()
+        if settle:
+            self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
+        if settled:
+            exhausted = sum(1 for status in settled.values() if status == "exhausted")
+            logger.warning(
+                "{} deliveries were mid-attempt when their worker stopped: logged as outcome"
+                " unknown and counted ({} out of attempts, now exhausted)",
+                len(settled),
+                exhausted,
+            )
         self.stats.claimed += len(claimed)
         for delivery in claimed:
             self._held.add(delivery.id)
             self._todo.put_nowait((delivery, webhook_body(delivery)))
         return len(claimed)
 
+    def _database_failed(self, doing: str, exc: ParityError) -> None:
+        if isinstance(exc, DatabaseUnavailable):
+            self._outage.failed(doing, exc)
+        else:
+            logger.warning("{} failed ({}); trying again", doing, exc)
+
+    # Renewer --------------------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        """Extend the leases of everything held every third of a lease, so a delivery waiting in
+        memory (or a slow request) keeps its lease, and no other worker sends it meanwhile."""
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._held)
+            if not ids:
+                continue
+            try:
+                async with self._db.as_service() as conn:
+                    kept = await queue.renew(
+                        conn,
+                        ids,
+                        worker_id=self._worker_id,
+                        lease_seconds=self._settings.lease_seconds,
+                    )
+            except ParityError as exc:
+                if not is_transient(exc):
+                    raise
+                self._database_failed("renewing leases", exc)
+                continue
+            self._outage.ok()
+            gone = [i for i in ids if i not in kept and i in self._held]
+            if gone:
+                # Cancelled meanwhile (endpoint disabled) or settled by another worker after an
+                # outage: what is sent anyway is still logged as an attempt when it finishes.
+                logger.info("{} held deliveries are no longer pending under our lease", len(gone))
+
     # Senders --------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         while True:
             delivery, body = await self._todo.get()
-            self._inflight.add(delivery.id)
+            self._inflight[delivery.id] = (delivery, datetime.now(UTC))
             self._idle.clear()
             try:
                 response = await self._sender.send(delivery, body)
             finally:
-                self._inflight.discard(delivery.id)
+                self._inflight.pop(delivery.id, None)
                 if not self._inflight:
                     self._idle.set()
-            result = classify(delivery, response, self._policies[delivery.environment])
-            metrics.count_attempt(delivery.environment, result.outcome)
-            if result.outcome == "succeeded":
-                self.stats.succeeded += 1
-                logger.debug("delivered {} (attempt {})", delivery.id, result.attempt_number)
-            else:
-                self.stats.failed += 1
-                logger.info(
-                    "delivery {} attempt {} to endpoint {}: {} -> {}",
-                    delivery.id,
-                    result.attempt_number,
-                    delivery.endpoint_id,
-                    result.error,
-                    result.outcome,
-                )
-            self._results.append(result)
-            self._results_ready.set()
+            self._finished(delivery, response)
+
+    def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
+        result = classify(delivery, response, self._policies[delivery.environment])
+        metrics.count_attempt(delivery.environment, result.outcome)
+        if result.outcome == "succeeded":
+            self.stats.succeeded += 1
+            logger.debug("delivered {} (attempt {})", delivery.id, result.attempt_number)
+        else:
+            self.stats.failed += 1
+            logger.info(
+                "delivery {} attempt {} to endpoint {}: {} -> {}",
+                delivery.id,
+                result.attempt_number,
+                delivery.endpoint_id,
+                result.error,
+                result.outcome,
+            )
+        self._results.append(result)
+        self._results_ready.set()
 
     # Recorder -------------------------------------------------------------------------------------
 
@@ -225,14 +303,17 @@ class Dispatcher:
         interval = self._settings.record_interval_seconds
         while not self._closing:
             await self._results_ready.wait()
-            if interval and len(self._results) < self._settings.concurrency and not self._closing:
+            # Waiting for more only pays while other requests are still in flight.
+            batching = len(self._results) < self._settings.concurrency and self._inflight
+            if interval and batching and not self._closing:
                 await asyncio.sleep(interval)
             self._results_ready.clear()
             await self._flush()
 
     async def _flush(self) -> None:
-        """Record every finished attempt; on a database outage keep them and try again (a lease
-        that expires meanwhile means the delivery is sent again, with the same webhook-id)."""
+        """Record every finished attempt; on a database outage keep them and try again (leases are
+        renewed meanwhile; one that still expires is settled as "outcome unknown" by whoever
+        claims the delivery next)."""
         while self._results:
             batch, self._results = self._results, []
             try:
@@ -242,20 +323,24 @@ class Dispatcher:
                 self._results = batch + self._results  # still to record by whoever flushes next
                 raise
             except ParityError as exc:
-                if not is_transient(exc):
-                    self._results = batch + self._results
-                    raise
-                logger.warning("recording {} attempts failed: {}; retrying", len(batch), exc)
                 self._results = batch + self._results
+                if not is_transient(exc):
+                    raise
+                self._database_failed(f"recording {len(batch)} attempts", exc)
                 await asyncio.sleep(self._retry_pause)
                 continue
+            self._outage.ok()
             self._forget(r.delivery_id for r in batch)
-            self.stats.recorded += len(recorded)
-            lost = len(batch) - len(recorded)
-            if lost:
-                self.stats.lost_leases += lost
-                logger.warning(
-                    "{} attempts not recorded: their lease had passed to another worker", lost
+            self.stats.recorded += len(recorded.logged)
+            moved_on = len(batch) - len(recorded.applied)
+            if moved_on:
+                self.stats.lost_leases += moved_on
+                logger.info(
+                    "{} deliveries moved on during their attempt (endpoint disabled, or lease lost"
+                    " in an outage): {} of those attempts logged, the rest already logged as"
+                    " outcome unknown",
+                    moved_on,
+                    len(recorded.logged - recorded.applied),
                 )
 
     def _forget(self, ids: Iterable[UUID]) -> None:
@@ -268,7 +353,8 @@ class Dispatcher:
         self, senders: list[asyncio.Task[None]], recorder: asyncio.Task[None]
     ) -> None:
         """Release what was never sent, give in-flight requests `shutdown_grace_seconds` to finish,
-        record what finished and release the rest."""
+        and record what finished; requests cut off past the grace period may have reached their
+        receiver, so they are recorded as attempts with their outcome unknown (and retried)."""
         unsent: list[UUID] = []
         while not self._todo.empty():
             delivery, _ = self._todo.get_nowait()
@@ -278,10 +364,25 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._idle.wait()
-        interrupted = list(self._inflight)  # before cancelling: senders forget them on the way out
+        interrupted = dict(self._inflight)  # before cancelling: senders forget them on the way out
         for task in senders:
             task.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
+        for delivery, started_at in interrupted.values():
+            self.stats.outcome_unknown += 1
+            duration = datetime.now(UTC) - started_at
+            self._finished(
+                delivery,
+                Response(
+                    started_at=started_at,
+                    duration_ms=round(duration.total_seconds() * 1000),
+                    status_code=None,
+                    body=None,
+                    error=f"outcome unknown: the worker stopped while the request was in flight"
+                    f" (past the {grace:g} s shutdown grace period)",
+                    retry_after=None,
+                ),
+            )
         # The recorder writes what finished, then ends; cut off if the database does not answer.
         self._closing = True
         self._results_ready.set()
@@ -292,16 +393,17 @@ class Dispatcher:
                 await self._flush()
         except (TimeoutError, ParityError) as exc:
             logger.error(
-                "could not record {} attempts before stopping ({!r}); they will be sent again",
+                "could not record {} attempts before stopping ({!r}): the next claim after"
+                " their leases expire logs them as outcome unknown and sends them again",
                 len(self._results),
                 exc,
             )
-        await self._release(interrupted)
         logger.info(
-            "dispatcher stopped: {} claimed, {} recorded, {} released",
+            "dispatcher stopped: {} claimed, {} recorded, {} released, {} cut off mid-request",
             self.stats.claimed,
             self.stats.recorded,
-            len(unsent) + len(interrupted),
+            len(unsent),
+            len(interrupted),
         )
 
     async def _release(self, ids: list[UUID]) -> None:

@@ -61,3 +61,13 @@ async def fresh(conn: Connection, *, max_age_seconds: float) -> list[Heartbeat]:
         (max_age_seconds,),
     )
     return [Heartbeat.from_row(row) for row in await cur.fetchall()]
+
+
+async def prune(conn: Connection, *, older_than_seconds: float) -> int:
+    """Delete the rows of workers that have not beaten for `older_than_seconds` (dead workers
+    stay visible to operators that long, then go)."""
+    cur = await conn.execute(
+        "delete from public.worker_heartbeats where beat_at < now() - make_interval(secs => %s)",
+        (older_than_seconds,),
+    )
+    return cur.rowcount

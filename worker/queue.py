@@ -2,9 +2,11 @@
 release leases. Every query the dispatcher runs is here.
 
 A claim is committed before any HTTP call, so no row lock is held while a receiver answers; the
-lease (`leased_by`, `lease_expires_at`) keeps other workers away, and once it expires the delivery
-is claimable again. Recording is guarded by the lease and the attempt count, so a worker that lost
-its lease (and whose delivery was claimed and recorded by another) changes nothing.
+lease (`leased_by`, `lease_expires_at`, renewed while the worker holds the delivery) keeps other
+workers away. A claim counts the attempt (`attempts + 1`); a lease that expires without a record
+or a release means the worker stopped mid-attempt, and the next claim logs that attempt as
+"outcome unknown" before the delivery is claimable again. Recording is guarded by the lease and
+the attempt count, so a worker that lost its lease steers nothing, though its attempt is logged.
 """
 
 from __future__ import annotations
@@ -16,31 +18,108 @@ from typing import Any, Literal
 from uuid import UUID
 
 from shared.db import Connection
-from shared.environment import Environment
+from shared.environment import Environment, get_environment_config
 
 Outcome = Literal["succeeded", "pending", "exhausted", "cancelled"]
 
-_CLAIM = """
-with due as (
-    -- The partial index webhook_deliveries_due_idx serves this scan; SKIP LOCKED lets several
-    -- workers claim side by side without waiting on each other.
-    select id
-      from public.webhook_deliveries
-     where status = 'pending'
-       and next_attempt_at <= now()
-       and (lease_expires_at is null or lease_expires_at < now())
-     order by next_attempt_at
+# Deliveries whose holder stopped mid-attempt: the lease ran out and the attempt was neither
+# recorded nor released. The request may have reached the receiver, so the attempt is logged with
+# its outcome unknown and counts against the budget: a payload that kills every worker that sends
+# it ends `exhausted` instead of being retried forever. The worker's own (still held) deliveries
+# are left alone, whatever their lease says.
+_SETTLE_LOST = """
+with lost as (
+    select d.id, d.attempts, d.retry_base, d.leased_by, d.lease_expires_at, d.environment
+      from public.webhook_deliveries as d
+     where d.status = 'pending'
+       and d.next_attempt_at <= now()
+       and d.leased_by is not null
+       and d.lease_expires_at < now()
+       and d.id <> all(%(held)s::uuid[])
      limit %(limit)s
        for update skip locked
+), budget as (
+    select * from unnest(%(environments)s::public.environment[], %(budgets)s::int[])
+           as b(environment, attempts)
+), logged as (
+    insert into public.webhook_attempts
+           (delivery_id, attempt_number, started_at, duration_ms, error)
+    select l.id, l.attempts, now(), 0,
+           'outcome unknown: worker ' || l.leased_by || ' stopped during this attempt (its lease'
+           || ' ran out at ' || l.lease_expires_at || ' before the result was recorded)'
+      from lost as l
+     where l.attempts > 0
+        on conflict (delivery_id, attempt_number) do nothing
+)
+update public.webhook_deliveries as d
+   set leased_by = null,
+       lease_expires_at = null,
+       last_status_code = null,
+       last_error = 'outcome unknown: worker ' || l.leased_by || ' stopped during attempt '
+                    || l.attempts,
+       status = case when b.attempts is not null and l.attempts - l.retry_base >= b.attempts
+                     then 'exhausted' else 'pending' end::public.delivery_status,
+       completed_at = case when b.attempts is not null and l.attempts - l.retry_base >= b.attempts
+                           then now() end
+  from lost as l
+  left join budget as b on b.environment = l.environment
+ where d.id = l.id
+returning d.id, d.status::text as status
+"""
+
+# Fair claiming. Every due delivery is ranked within its endpoint; an endpoint's leased deliveries
+# (any worker's, plus what this worker still holds) count against `per_endpoint`, and the picks
+# are taken rank by rank across endpoints (every endpoint's first, then every endpoint's second...),
+# so one endpoint's backlog, or an endpoint that never answers, takes at most its share of the
+# workers. The ranking reads every due delivery (the due index serves the scan; window functions
+# cannot be combined with SKIP LOCKED, so the picks are locked in a second step). Deliveries of
+# disabled endpoints are never claimed, whatever their status says. A claim counts the attempt at
+# once (`attempts + 1`), so an attempt lost with its worker still counts; a release takes it back.
+_CLAIM = """
+with budget as (
+    select * from unnest(%(environments)s::public.environment[], %(budgets)s::int[])
+           as b(environment, attempts)
+), pending as (
+    select d.id, d.endpoint_id, d.next_attempt_at, d.environment, d.attempts, d.retry_base,
+           d.leased_by is null as clean,
+           coalesce(d.lease_expires_at >= now(), false) or d.id = any(%(held)s::uuid[]) as leased
+      from public.webhook_deliveries as d
+     where d.status = 'pending'
+       and d.next_attempt_at <= now()
+), ranked as (
+    select p.*,
+           count(*) filter (where p.leased) over (partition by p.endpoint_id) as in_flight,
+           row_number() over (partition by p.endpoint_id, p.leased
+                              order by p.next_attempt_at, p.id) as position
+      from pending as p
+), picked as (
+    select r.id
+      from ranked as r
+      join public.webhook_endpoints as w on w.id = r.endpoint_id and w.enabled
+      left join budget as b on b.environment = r.environment
+     where not r.leased
+       and r.clean
+       and r.in_flight + r.position <= %(per_endpoint)s
+       and (b.attempts is null or r.attempts - r.retry_base < b.attempts)
+     order by r.position, r.next_attempt_at
+     limit %(limit)s
+), due as (
+    select d.id
+      from public.webhook_deliveries as d
+      join picked as p on p.id = d.id
+     where d.status = 'pending'
+       and d.leased_by is null
+       for update of d skip locked
 ), claimed as (
     update public.webhook_deliveries as d
        set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           leased_by = %(worker_id)s
+           leased_by = %(worker_id)s,
+           attempts = d.attempts + 1
       from due
      where d.id = due.id
  returning d.id, d.event_id, d.endpoint_id, d.project_id, d.environment, d.attempts, d.retry_base
 )
-select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts, c.retry_base,
+select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts - 1 as attempts, c.retry_base,
        w.url, w.secret,
        e.id as event_id, e.type as event_type, e.payload, e.created_at as event_created_at
   from claimed as c
@@ -48,8 +127,9 @@ select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts, c.retry_bas
   join public.events as e on e.id = c.event_id
 """
 
-# One statement records a whole batch: the lease-guarded update decides which results still count,
-# and only those get their attempt row.
+# One statement records a whole batch. The lease-guarded update decides which results still steer
+# the delivery; every attempt that was made gets its row, even when the delivery moved on without
+# it (endpoint disabled mid-flight, lease lost): the attempt happened, the log says so.
 _RECORD = """
 with result as (
     -- Binary parameters: arrays of hundreds of values dump several times faster that way.
@@ -59,10 +139,13 @@ with result as (
                   %(started_ats)b::timestamptz[], %(durations)b::int[], %(bodies)b::text[])
            as r(id, attempt_number, status, delay, status_code, error, started_at, duration_ms,
                 response_body)
+), present as (
+    -- Locked, so a delivery deleted meanwhile (its endpoint deleted) is skipped, not an error.
+    select d.id from public.webhook_deliveries as d join result as r on r.id = d.id
+       for no key update of d
 ), updated as (
     update public.webhook_deliveries as d
-       set attempts = r.attempt_number,
-           status = r.status::public.delivery_status,
+       set status = r.status::public.delivery_status,
            next_attempt_at = case when r.status = 'pending'
                                   then now() + make_interval(secs => r.delay)
                                   else d.next_attempt_at end,
@@ -72,18 +155,26 @@ with result as (
            lease_expires_at = null,
            leased_by = null
       from result as r
+      join present as p on p.id = r.id  -- locks each row before it is updated (evaluation order)
      where d.id = r.id
        and d.status = 'pending'
        and d.leased_by = %(worker_id)s
-       and d.attempts = r.attempt_number - 1
+       and d.attempts = r.attempt_number
  returning d.id
+), logged as (
+    insert into public.webhook_attempts
+           (delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error)
+    select r.id, r.attempt_number, r.started_at, r.duration_ms, r.status_code, r.response_body,
+           r.error
+      from result as r
+      join present as p on p.id = r.id
+        on conflict (delivery_id, attempt_number) do nothing
+    returning delivery_id
 )
-insert into public.webhook_attempts
-       (delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error)
-select r.id, r.attempt_number, r.started_at, r.duration_ms, r.status_code, r.response_body, r.error
+select r.id, u.id is not null as applied, l.delivery_id is not null as logged
   from result as r
-  join updated as u on u.id = r.id
-returning delivery_id
+  left join updated as u on u.id = r.id
+  left join logged as l on l.delivery_id = r.id
 """
 
 _DISABLE_ENDPOINT = """
@@ -92,19 +183,27 @@ update public.webhook_endpoints
  where id = %(endpoint_id)s and enabled
 """
 
-
+# Unsent deliveries go back as they were: the attempt counted at claim time is taken back.
 _RELEASE = """
 update public.webhook_deliveries
-   set lease_expires_at = null, leased_by = null
+   set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
  where id = any(%(ids)s) and leased_by = %(worker_id)s and status = 'pending'
+"""
+
+_RENEW = """
+update public.webhook_deliveries
+   set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ where id = any(%(ids)s) and leased_by = %(worker_id)s and status = 'pending'
+returning id
 """
 
 _COUNT_DUE = """
 select count(*) as due
-  from public.webhook_deliveries
- where status = 'pending'
-   and next_attempt_at <= now()
-   and (lease_expires_at is null or lease_expires_at < now())
+  from public.webhook_deliveries as d
+  join public.webhook_endpoints as w on w.id = d.endpoint_id and w.enabled
+ where d.status = 'pending'
+   and d.next_attempt_at <= now()
+   and (d.lease_expires_at is null or d.lease_expires_at < now())
 """
 
 
@@ -153,23 +252,73 @@ class AttemptResult:
     """The receiver answered 410 Gone: disable the endpoint and cancel its pending deliveries."""
 
 
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Attempts allowed per environment (None: without limit), from the environment config."""
+
+    environments: list[str]
+    attempts: list[int | None]
+
+    @classmethod
+    def from_config(cls) -> Budgets:
+        envs = list(Environment)
+        return cls(
+            [e.value for e in envs], [get_environment_config(e).max_webhook_attempts for e in envs]
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"environments": self.environments, "budgets": self.attempts}
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a `record` call did: results that steered their delivery, and attempt rows written."""
+
+    applied: set[UUID]
+    logged: set[UUID]
+
+
+async def settle_lost(
+    conn: Connection, *, held: Sequence[UUID], budgets: Budgets, limit: int = 500
+) -> dict[UUID, str]:
+    """Log the attempts of workers that stopped mid-attempt as "outcome unknown" and count them;
+    returns the deliveries settled and their new status (`pending` or `exhausted`)."""
+    cur = await conn.execute(_SETTLE_LOST, {"held": list(held), "limit": limit, **budgets.params()})
+    return {row["id"]: row["status"] for row in await cur.fetchall()}
+
+
 async def claim(
-    conn: Connection, *, worker_id: str, limit: int, lease_seconds: float
+    conn: Connection,
+    *,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+    per_endpoint: int,
+    held: Sequence[UUID],
+    budgets: Budgets,
 ) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries to `worker_id`. Commit before sending them."""
+    """Lease up to `limit` due deliveries to `worker_id`, at most `per_endpoint` leased per
+    endpoint, never one of `held`. Commit before sending them."""
     cur = await conn.execute(
-        _CLAIM, {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds}
+        _CLAIM,
+        {
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "per_endpoint": per_endpoint,
+            "held": list(held),
+            **budgets.params(),
+        },
     )
     return [ClaimedDelivery.from_row(row) for row in await cur.fetchall()]
 
 
-async def record(
-    conn: Connection, results: Sequence[AttemptResult], *, worker_id: str
-) -> set[UUID]:
-    """Record `results` (attempt rows, delivery status, next attempt time) where `worker_id` still
-    holds the lease; disable endpoints that answered 410. Returns the deliveries recorded."""
+async def record(conn: Connection, results: Sequence[AttemptResult], *, worker_id: str) -> Recorded:
+    """Record `results`: an attempt row for each (unless one exists for that attempt), and the
+    delivery's status and next attempt time where `worker_id` still holds the lease; disable
+    endpoints that answered 410."""
     if not results:
-        return set()
+        return Recorded(set(), set())
     cur = await conn.execute(
         _RECORD,
         {
@@ -185,12 +334,13 @@ async def record(
             "bodies": [r.response_body for r in results],
         },
     )
-    recorded: set[UUID] = {row["delivery_id"] for row in await cur.fetchall()}
+    rows = await cur.fetchall()
+    done = Recorded({r["id"] for r in rows if r["applied"]}, {r["id"] for r in rows if r["logged"]})
     for result in results:
-        if result.disables_endpoint and result.delivery_id in recorded:
+        if result.disables_endpoint and result.delivery_id in done.applied:
             reason = f"the receiver answered {result.status_code} Gone"
             await disable_endpoint(conn, result.endpoint_id, reason=reason)
-    return recorded
+    return done
 
 
 async def disable_endpoint(conn: Connection, endpoint_id: UUID, *, reason: str) -> None:
@@ -203,6 +353,18 @@ async def release(conn: Connection, ids: Sequence[UUID], *, worker_id: str) -> N
     """Give leases back unattempted, so another worker can claim them at once."""
     if ids:
         await conn.execute(_RELEASE, {"ids": list(ids), "worker_id": worker_id})
+
+
+async def renew(
+    conn: Connection, ids: Sequence[UUID], *, worker_id: str, lease_seconds: float
+) -> set[UUID]:
+    """Extend the leases `worker_id` holds on `ids`; returns those it still held."""
+    if not ids:
+        return set()
+    cur = await conn.execute(
+        _RENEW, {"ids": list(ids), "worker_id": worker_id, "lease_seconds": lease_seconds}
+    )
+    return {row["id"] for row in await cur.fetchall()}
 
 
 async def count_due(conn: Connection) -> int:

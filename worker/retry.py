@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from tenacity import RetryCallState, Retrying
 from tenacity.stop import stop_after_attempt, stop_base, stop_never
-from tenacity.wait import wait_base, wait_exponential_jitter
+from tenacity.wait import (
+    wait_base,
+    wait_chain,
+    wait_exponential,
+    wait_fixed,
+    wait_random,
+    wait_random_exponential,
+)
 
 from shared.environment import Environment, get_environment_config
 from worker.settings import WorkerSettings
@@ -49,24 +56,52 @@ class RetryPolicy:
 _RETRYING = Retrying()
 
 
+def build_wait(bounded: bool, settings: WorkerSettings) -> wait_base:
+    """The wait before each retry, with "equal jitter": half of the scheduled wait is fixed, the
+    other half random, so retries never bunch, at the cap included.
+
+    Limited retries (prod, staging) follow `retry_schedule_seconds`, spread over hours by default;
+    unlimited ones (dev) double from `retry_wait_base_seconds` up to the cap, so a receiver that
+    comes back is served within minutes.
+    """
+    if bounded:
+        return wait_chain(
+            *(wait_fixed(s / 2) + wait_random(0, s / 2) for s in settings.retry_schedule_seconds)
+        )
+    half_base = settings.retry_wait_base_seconds / 2
+    half_cap = settings.unbounded_retry_wait_max_seconds / 2
+    return wait_exponential(multiplier=half_base, max=half_cap) + wait_random_exponential(
+        multiplier=half_base, max=half_cap
+    )
+
+
 def build_policy(environment: Environment | str, settings: WorkerSettings) -> RetryPolicy:
     """The policy for `environment`: its attempt limit comes from the environment config."""
     max_attempts = get_environment_config(environment).max_webhook_attempts
-    cap = (
-        settings.unbounded_retry_wait_max_seconds
-        if max_attempts is None
-        else settings.retry_wait_max_seconds
-    )
     return RetryPolicy(
         stop=stop_never if max_attempts is None else stop_after_attempt(max_attempts),
-        wait=wait_exponential_jitter(
-            multiplier=settings.retry_wait_base_seconds,
-            max=cap,
-            jitter=settings.retry_jitter_seconds,
-        ),
+        wait=build_wait(max_attempts is not None, settings),
         retry_after_max_seconds=settings.retry_after_max_seconds,
     )
 
 
 def build_policies(settings: WorkerSettings) -> dict[Environment, RetryPolicy]:
     return {env: build_policy(env, settings) for env in Environment}
+
+
+def schedule_summary(environment: Environment, settings: WorkerSettings) -> str:
+    """The retry schedule of `environment` in words, for the start-up log."""
+    max_retries = get_environment_config(environment).max_webhook_retries
+    if max_retries is None:
+        return (
+            f"{environment.value}: retries without limit, from"
+            f" {settings.retry_wait_base_seconds:g} s doubling to"
+            f" {settings.unbounded_retry_wait_max_seconds:g} s"
+        )
+    schedule = settings.retry_schedule_seconds
+    waits = [schedule[min(n, len(schedule) - 1)] for n in range(max_retries)]
+    return (
+        f"{environment.value}: {max_retries} retries after"
+        f" {', '.join(f'{w:g}' for w in waits)} s (half fixed, half random),"
+        f" giving up {sum(waits) / 2:g} to {sum(waits):g} s after the first attempt"
+    )

@@ -28,27 +28,91 @@ from worker.settings import WorkerSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# IPv6 ranges that carry an IPv4 address in their last 32 bits. Whether the IPv6 form is routable
+# or not, the IPv4 inside decides where a translator or tunnel delivers the request.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT (cloud metadata lives here)
+
 
 class TargetRefused(OSError):
     """The webhook target resolves to an address the SSRF guard refuses."""
 
 
-def refusal(address: IPAddress) -> str | None:
-    """Why `address` is not a public target, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+def parse_address(host: str) -> IPAddress | None:
+    """The address a numeric `host` means to the platform's own resolver, None for a name.
+
+    IPv4 follows `inet_aton`: decimal, octal and hex parts and the short forms (`2130706433`,
+    `0177.0.0.1`, `0x7f.1`, `127.1` are all 127.0.0.1), as getaddrinfo reads them when an HTTP
+    client hands such a host to the socket layer without asking the resolver.
+    """
+    host = host.strip("[]")
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+def looks_numeric(host: str) -> bool:
+    """Whether `host` is shaped like an address (digits and dots, or an IPv6 colon) rather than
+    a name: such a host that does not parse is refused instead of guessed at."""
+    return ":" in host or all(ch.isdigit() or ch == "." for ch in host)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses an IPv6 address wraps: mapped, 6to4, NAT64, Teredo, IPv4-compatible."""
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    if address.ipv4_mapped is not None:
+        found.append(("IPv4-mapped", address.ipv4_mapped))
+    if address.sixtofour is not None:
+        found.append(("6to4", address.sixtofour))
+    if address.teredo is not None:
+        server, client = address.teredo
+        found += [("Teredo server", server), ("Teredo client", client)]
+    last32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _NAT64:
+        found.append(("NAT64", last32))
+    elif address in _IPV4_COMPATIBLE and int(address) > 1:
+        found.append(("IPv4-compatible", last32))
+    return found
+
+
+def _category(address: IPAddress) -> str | None:
     for attribute, what in (
         # Most specific first: `is_private` also covers loopback, link-local and the rest.
         ("is_loopback", "loopback"),
         ("is_link_local", "link-local"),
         ("is_multicast", "multicast"),
         ("is_unspecified", "unspecified"),
+        ("is_site_local", "site-local"),
         ("is_reserved", "reserved"),
         ("is_private", "private"),
     ):
-        if getattr(address, attribute):
-            return f"{address} is a {what} address"
+        if getattr(address, attribute, False):
+            return what
+    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
+        return "shared (carrier-grade NAT)"
+    if not address.is_global:
+        return "not globally routable"
     return None
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why `address` is not a public target, or None when it is: anything not globally routable,
+    and any IPv6 form wrapping an IPv4 address that is not."""
+    if isinstance(address, ipaddress.IPv6Address):
+        for form, inner in embedded_ipv4(address):
+            what = _category(inner)
+            if what is not None:
+                return f"{address} wraps {inner} ({form}), a {what} address"
+    what = _category(address)
+    return None if what is None else f"{address} is a {what} address"
 
 
 def _refuse(host: str, reason: str) -> TargetRefused:
@@ -58,7 +122,8 @@ def _refuse(host: str, reason: str) -> TargetRefused:
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves names like aiohttp's default resolver, keeping only public addresses."""
+    """Resolves names like aiohttp's default resolver, keeping only public addresses: the
+    addresses returned here are the ones connected to, so a rebinding DNS answer cannot slip by."""
 
     def __init__(self) -> None:
         self._inner = DefaultResolver()
@@ -67,22 +132,30 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if refusal(ipaddress.ip_address(r["host"])) is None]
+        reasons = [_resolved_refusal(r["host"]) for r in results]
+        allowed = [r for r, reason in zip(results, reasons, strict=True) if reason is None]
         if not allowed:
-            reason = refusal(ipaddress.ip_address(results[0]["host"])) or "no address"
-            raise _refuse(host, reason)
+            raise _refuse(host, next((r for r in reasons if r), "no address"))
         return allowed
 
     async def close(self) -> None:
         await self._inner.close()
 
 
+def _resolved_refusal(resolved: str) -> str | None:
+    address = parse_address(resolved)
+    return f"{resolved!r} is not an address" if address is None else refusal(address)
+
+
 def check_literal_target(url: str) -> None:
-    """Refuse a URL whose host is a literal non-public IP (aiohttp skips the resolver for those)."""
+    """Refuse a URL whose host is a numeric address that is not public. HTTP clients connect to
+    numeric hosts without asking the resolver, so this check must read them as the socket layer
+    does, whatever the client version believes an address looks like."""
     host = urlsplit(url).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = parse_address(host)
+    if address is None:
+        if looks_numeric(host.rstrip(".")):
+            raise _refuse(host, "a numeric host that is not a valid address")
         return
     reason = refusal(address)
     if reason is not None:

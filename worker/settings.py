@@ -38,6 +38,15 @@ class WorkerSettings(BaseSettings):
     heartbeat_max_age_seconds: float = Field(
         default=30.0, gt=0, description="`--check` accepts heartbeats younger than this."
     )
+    heartbeat_retention_seconds: float = Field(
+        default=3_600.0, gt=0, description="Heartbeat rows of workers silent this long are pruned."
+    )
+    check_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="`--check` gives the database this long (process start-up comes on top).",
+    )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a claimed delivery stays ours; then claimable."
     )
@@ -51,25 +60,35 @@ class WorkerSettings(BaseSettings):
         description="Finished attempts are recorded together, at most this long after finishing.",
     )
     concurrency: int = Field(default=50, ge=1, le=1_000, description="HTTP requests in flight.")
+    endpoint_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1_000,
+        description="Requests in flight to one endpoint, across all workers: a slow or hanging"
+        " endpoint takes at most this share, never the whole worker.",
+    )
     connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Time allowed to connect to a receiver."
     )
     request_timeout_seconds: float = Field(
         default=15.0, gt=0, description="Time allowed for a whole attempt, response included."
     )
-    retry_wait_base_seconds: float = Field(
-        default=30.0, gt=0, description="Wait before the first retry; doubles with each retry."
+    retry_schedule_seconds: tuple[float, ...] = Field(
+        default=(60.0, 1_800.0, 7_200.0, 18_000.0),
+        min_length=1,
+        description="Where retries are limited (prod, staging): the wait before retry 1, 2, ...;"
+        " the last repeats. Each wait is drawn between half and all of it (jitter).",
     )
-    retry_wait_max_seconds: float = Field(
-        default=3_600.0, gt=0, description="Longest wait between retries of a bounded policy."
+    retry_wait_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Where retries never stop (dev): wait before the first retry; doubles with each"
+        " retry up to the cap. Each wait is drawn between half and all of it (jitter).",
     )
     unbounded_retry_wait_max_seconds: float = Field(
         default=300.0,
         gt=0,
         description="Longest wait where retries never stop (dev): a receiver back is served soon.",
-    )
-    retry_jitter_seconds: float = Field(
-        default=2.0, ge=0, description="Random extra wait up to this, so retries do not bunch."
     )
     retry_after_max_seconds: float = Field(
         default=3_600.0, ge=0, description="A receiver's Retry-After is honoured up to this."
@@ -89,11 +108,39 @@ class WorkerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _lease_outlasts_a_request(self) -> Self:
+    def _settings_work_together(self) -> Self:
+        problems: list[str] = []
         # A lease shorter than a request lets another worker claim (and send) it again mid-flight.
         if self.lease_seconds <= self.request_timeout_seconds:
-            raise ValueError(
-                "lease_seconds must be longer than request_timeout_seconds"
+            problems.append(
+                "WORKER_LEASE_SECONDS must be longer than WORKER_REQUEST_TIMEOUT_SECONDS"
                 f" ({self.lease_seconds:g} <= {self.request_timeout_seconds:g})"
             )
+        if self.concurrency > self.batch_size:
+            problems.append(
+                "WORKER_CONCURRENCY cannot exceed WORKER_BATCH_SIZE: senders beyond the batch"
+                f" never get work ({self.concurrency} > {self.batch_size})"
+            )
+        if self.heartbeat_max_age_seconds <= self.heartbeat_interval_seconds:
+            problems.append(
+                "WORKER_HEARTBEAT_MAX_AGE_SECONDS must be longer than"
+                " WORKER_HEARTBEAT_INTERVAL_SECONDS, or --check fails between beats"
+                f" ({self.heartbeat_max_age_seconds:g} <= {self.heartbeat_interval_seconds:g})"
+            )
+        if self.heartbeat_retention_seconds < self.heartbeat_max_age_seconds:
+            problems.append(
+                "WORKER_HEARTBEAT_RETENTION_SECONDS must be at least"
+                " WORKER_HEARTBEAT_MAX_AGE_SECONDS"
+            )
+        if any(wait < 0 for wait in self.retry_schedule_seconds):
+            problems.append("WORKER_RETRY_SCHEDULE_SECONDS: waits cannot be negative")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def held_limit(self) -> int:
+        """Deliveries held at once: the batch, cut to what the senders can start before the
+        lease ends even if every request takes the whole timeout (leases are also renewed)."""
+        rounds = max(1, int(self.lease_seconds // self.request_timeout_seconds))
+        return min(self.batch_size, self.concurrency * rounds)

@@ -32,8 +32,12 @@ TEST_SECRET = "test-console-secret-of-at-least-32-characters"
 
 @pytest.fixture
 def console_settings() -> ConsoleSettings:
-    # Built explicitly: nothing from the machine's environment or a .env file leaks in.
-    return ConsoleSettings(_env_file=None, jwt_secret=TEST_SECRET)
+    # Built explicitly: nothing from the machine's environment or a .env file leaks in. Not a
+    # local run (create_app's default), so what tests rely on is stated: plain-HTTP cookies and
+    # sign-up on first sign-in.
+    return ConsoleSettings(
+        _env_file=None, jwt_secret=TEST_SECRET, cookie_secure=False, allow_signup=True, docs=True
+    )
 
 
 @pytest.fixture

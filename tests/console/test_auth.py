@@ -16,7 +16,7 @@ from jwt.algorithms import RSAAlgorithm
 from pydantic import ValidationError
 
 from console.auth import Authenticator, Csrf, CsrfFailed, Unauthenticated
-from console.settings import DEV_JWT_SECRET, ConsoleSettings
+from console.settings import ConsoleSettings
 from shared.users import User
 from tests.console.conftest import TEST_SECRET, json_server
 
@@ -121,7 +121,7 @@ def test_settings_come_from_console_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SUPABASE_ANON_KEY", "anon")
     settings = ConsoleSettings(_env_file=None)
     assert settings.session_ttl_seconds == 120
-    assert settings.uses_dev_secret and settings.jwt_secret == DEV_JWT_SECRET
+    assert settings.jwt_secret is None and not settings.uses_dev_secret
     assert settings.uses_supabase_auth
     assert settings.effective_jwks_url == "https://abc.supabase.co/auth/v1/.well-known/jwks.json"
     monkeypatch.setenv("CONSOLE_SESSION_TTL_SECONDS", "5")

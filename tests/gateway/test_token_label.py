@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from shared.environment import Environment
-from shared.keys import KeyKind, generate_token
+from shared.keys import KeyKind, generate_token, key_prefix
 from tests.gateway.conftest import (
     IssueKey,
     StartGateway,
@@ -49,7 +49,9 @@ async def test_a_row_disagreeing_with_its_token_is_refused(
     project = (await issue_key(row_environment.value)).project
     token = generate_token(token_environment, token_kind)
     register_token(token.token)
-    # Written as the superuser around every rule: replica mode skips ordinary triggers.
+    # Written as the superuser around every rule (replica mode skips ordinary triggers), with the
+    # token's hash under a row that is consistent in itself: its prefix names the row's
+    # environment and kind, as the table's CHECK demands, so only the token disagrees.
     await edit_as_superuser(
         database_url,
         ("set local session_replication_role = replica", ()),
@@ -61,7 +63,7 @@ async def test_a_row_disagreeing_with_its_token_is_refused(
                 project.id,
                 row_kind.value,
                 row_environment.value,
-                token.prefix,
+                key_prefix(row_environment, row_kind),
                 token.last_four,
                 token.hash,
             ),
@@ -94,7 +96,10 @@ async def test_a_cached_key_whose_kind_is_changed_by_hand_is_refused(
     await edit_as_superuser(
         database_url,
         ("set local session_replication_role = replica", ()),
-        ("update public.api_keys set kind = 'sk' where id = %s", (seeded.key_id,)),
+        (
+            "update public.api_keys set kind = 'sk', prefix = %s where id = %s",
+            (key_prefix(Environment.PROD, KeyKind.SECRET), seeded.key_id),
+        ),
     )
     for _ in range(40):  # the notification arrives within moments
         status, body, _ = await call(http, "GET", gateway.url, headers=bearer(seeded.token))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -39,10 +40,9 @@ FAST: dict[str, Any] = {
     "poll_interval_seconds": 0.05,
     "sweep_interval_seconds": 0.05,
     "heartbeat_interval_seconds": 0.1,
+    "retry_schedule_seconds": [0.01, 0.02, 0.05],
     "retry_wait_base_seconds": 0.01,
-    "retry_wait_max_seconds": 0.05,
     "unbounded_retry_wait_max_seconds": 0.05,
-    "retry_jitter_seconds": 0.0,
     "lease_seconds": 10.0,
     "request_timeout_seconds": 5.0,
     "shutdown_grace_seconds": 5.0,
@@ -110,10 +110,14 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def serving(receiver: Receiver, path: str = "/hook") -> AsyncIterator[Receiver]:
+async def serving(
+    receiver: Receiver, path: str = "/hook", *, hang_up_with_client: bool = False
+) -> AsyncIterator[Receiver]:
+    """`receiver` on loopback; with `hang_up_with_client`, a request whose client went away
+    stops being handled (a receiver that never answers then ends with the test, not a minute on)."""
     app = web.Application()
     app.router.add_post(path, receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=hang_up_with_client)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -298,7 +302,7 @@ def worker_env(database_url: str, **overrides: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     env["DATABASE_URL"] = database_url
     for key, value in {**FAST, **overrides}.items():
-        env[f"WORKER_{key.upper()}"] = str(value)
+        env[f"WORKER_{key.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return env
 
 

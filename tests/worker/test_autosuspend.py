@@ -228,3 +228,24 @@ async def test_the_running_worker_sweeps_by_itself_and_reports_it_in_its_heartbe
         assert beat.worker_id == worker.worker_id
         assert beat.tasks["dispatcher"]["claimed"] == 0
     assert (await project_state(db, project))["status"] == "suspended"
+
+
+@pytest.mark.parametrize("environment", ["prod", "dev"])
+async def test_a_project_exactly_at_its_cap_is_within_it(
+    db: Database, make_project: MakeProject, environment: str
+) -> None:
+    # The cap is what a window allows: the sweep acts on projects over it, as the docs say.
+    at_cap = await make_project(environment)
+    await add_usage(db, at_cap, requests=100, request_cap=100, window_start=WINDOW)
+    assert await sweep(db, worker_settings()) == autosuspend.SweepResult(0, 0, 0)
+    assert await project_state(db, at_cap) == {
+        "status": "active",
+        "suspensions": 0,
+        "open_suspensions": 0,
+        "events": [],
+    }
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.usage_counters set requests = 101 where project_id = %s", (at_cap,)
+        )
+    assert (await sweep(db, worker_settings())).violators == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +10,7 @@ from aiohttp import web
 
 from shared import deliveries
 from shared.db import Database
-from shared.errors import InvalidInput
+from shared.errors import Conflict
 from tests.worker.conftest import (
     MakeProject,
     Receiver,
@@ -124,7 +125,7 @@ async def test_a_redirect_is_a_failure_and_is_not_followed(
     project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
 
-    await drain(database_url, retry_wait_base_seconds=60)
+    await drain(database_url, retry_schedule_seconds=[60.0])
 
     row = await delivery_row(db, delivery_id)
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 302)
@@ -177,7 +178,7 @@ async def test_private_targets_are_refused_unless_allowed(
     project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
 
-    await drain(database_url, allow_private_targets=False, retry_wait_base_seconds=60)
+    await drain(database_url, allow_private_targets=False, retry_schedule_seconds=[60.0])
 
     assert receiver.received == []
     row = await delivery_row(db, delivery_id)
@@ -194,7 +195,7 @@ async def test_a_hostname_resolving_to_loopback_is_refused(
     await add_endpoint(db, project, receiver)
     [delivery_id] = await emit_events(db, project)
 
-    await drain(database_url, allow_private_targets=False, retry_wait_base_seconds=60)
+    await drain(database_url, allow_private_targets=False, retry_schedule_seconds=[60.0])
 
     assert receiver.received == []
     row = await delivery_row(db, delivery_id)
@@ -225,23 +226,28 @@ async def test_an_exhausted_delivery_redelivered_gets_a_fresh_retry_budget(
     assert {r.webhook_id for r in receiver.received} == {str(delivery_id)}
 
 
-async def test_a_worker_that_lost_its_lease_records_nothing(
+async def test_a_worker_that_lost_its_lease_steers_nothing_but_its_attempt_is_logged(
     db: Database, make_project: MakeProject, receiver: Receiver
 ) -> None:
     project, _ = await webhook_project(db, make_project, receiver, "prod")
     [delivery_id] = await emit_events(db, project)
+    budgets = queue.Budgets.from_config()
+    claim = functools.partial(queue.claim, per_endpoint=4, held=[], budgets=budgets, limit=10)
     async with db.as_service() as conn:
-        [claimed] = await queue.claim(conn, worker_id="a", limit=10, lease_seconds=0.001)
-    async with db.as_service() as conn:  # the lease has passed: b claims it again
-        [again] = await queue.claim(conn, worker_id="b", limit=10, lease_seconds=60)
-        assert again.id == claimed.id
-        assert await queue.claim(conn, worker_id="c", limit=10, lease_seconds=60) == []
+        [claimed] = await claim(conn, worker_id="a", lease_seconds=0.001)
+    async with db.as_service() as conn:  # a's lease has passed, its attempt never recorded
+        assert await claim(conn, worker_id="b", lease_seconds=60) == []  # not before settling
+        settled = await queue.settle_lost(conn, held=[], budgets=budgets)
+        assert settled == {delivery_id: "pending"}
+        [again] = await claim(conn, worker_id="b", lease_seconds=60)
+        assert again.id == claimed.id and again.attempts == 1
+        assert await claim(conn, worker_id="c", lease_seconds=60) == []
 
-    def result(outcome: queue.Outcome) -> queue.AttemptResult:
+    def result(outcome: queue.Outcome, number: int) -> queue.AttemptResult:
         return queue.AttemptResult(
             delivery_id=delivery_id,
             endpoint_id=claimed.endpoint_id,
-            attempt_number=1,
+            attempt_number=number,
             outcome=outcome,
             delay_seconds=0,
             started_at=datetime.now(UTC),
@@ -252,13 +258,22 @@ async def test_a_worker_that_lost_its_lease_records_nothing(
         )
 
     async with db.as_service() as conn:
-        assert await queue.record(conn, [result("succeeded")], worker_id="a") == set()
-        assert await queue.record(conn, [result("pending")], worker_id="b") == {delivery_id}
-        # A replay of the same result (same attempt number) is refused by the attempt count.
-        assert await queue.record(conn, [result("succeeded")], worker_id="b") == set()
+        # a's attempt 1 was already logged as "outcome unknown" when b settled it.
+        assert await queue.record(conn, [result("succeeded", 1)], worker_id="a") == queue.Recorded(
+            set(), set()
+        )
+        done = await queue.record(conn, [result("pending", 2)], worker_id="b")
+        assert done == queue.Recorded({delivery_id}, {delivery_id})
+        # A replay of the same result (same attempt number) changes nothing.
+        assert await queue.record(conn, [result("succeeded", 2)], worker_id="b") == queue.Recorded(
+            set(), set()
+        )
     row = await delivery_row(db, delivery_id)
-    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
-    assert len(await attempt_rows(db, delivery_id)) == 1
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 2, 500)
+    attempts = await attempt_rows(db, delivery_id)
+    assert [a["attempt_number"] for a in attempts] == [1, 2]
+    assert "outcome unknown: worker a stopped" in attempts[0]["error"]
+    assert attempts[1]["status_code"] == 500
 
 
 async def test_a_hostile_response_body_is_stored_truncated_and_cleaned(
@@ -272,7 +287,7 @@ async def test_a_hostile_response_body_is_stored_truncated_and_cleaned(
     async with serving(NulReceiver()) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
         [delivery_id] = await emit_events(db, project)
-        await drain(database_url, retry_wait_base_seconds=60, response_body_limit=100)
+        await drain(database_url, retry_schedule_seconds=[60.0], response_body_limit=100)
 
     [attempt] = await attempt_rows(db, delivery_id)
     assert attempt["status_code"] == 500
@@ -307,7 +322,7 @@ async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered_until_enable
         await conn.execute(
             "update public.webhook_endpoints set enabled = false where id = %s", (endpoint,)
         )
-    with pytest.raises(InvalidInput, match="is disabled: enable it, then redeliver"):
+    with pytest.raises(Conflict, match="is disabled: enable it, then redeliver"):
         async with db.as_service() as conn:
             await deliveries.redeliver(conn, delivery_id)
     await drain(database_url)

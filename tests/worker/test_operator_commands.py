@@ -86,7 +86,7 @@ async def test_redeliver_makes_an_exhausted_delivery_due_again(
     async with serving(Receiver(respond=always(500))) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
         [delivery_id] = await emit_events(db, project)
-        await drain(database_url, retry_wait_base_seconds=60)
+        await drain(database_url, retry_schedule_seconds=[60.0])
 
         code, output = await parity(database_url, "deliveries", "redeliver", str(delivery_id))
         assert (code, output.strip()) == (1, f"error: delivery {delivery_id} is already pending")

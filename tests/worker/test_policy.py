@@ -13,16 +13,15 @@ from shared.db import Database
 from shared.environment import Environment, get_environment_config
 from shared.errors import DatabaseUnavailable, ParityError
 from worker.errors import is_transient
-from worker.retry import build_policy
+from worker.retry import build_policy, schedule_summary
 from worker.sender import parse_retry_after, refusal
 from worker.settings import WorkerSettings
 
 SETTINGS = WorkerSettings(
+    retry_schedule_seconds=(10, 20, 40, 60),
     retry_wait_base_seconds=10,
-    retry_wait_max_seconds=60,
     unbounded_retry_wait_max_seconds=25,
     retry_after_max_seconds=100,
-    retry_jitter_seconds=0,
 )
 
 
@@ -39,18 +38,49 @@ def test_the_attempt_budget_comes_from_the_environment_config(environment: Envir
         assert all(not d.give_up for d in decisions[: limit - 1])
 
 
-def test_waits_double_up_to_their_cap() -> None:
-    prod = build_policy("prod", SETTINGS)
-    assert [prod.decide(n).delay_seconds for n in (1, 2, 3)] == [10, 20, 40]
-    dev = build_policy("dev", SETTINGS)
-    assert [dev.decide(n).delay_seconds for n in (1, 2, 3, 50, 5_000)] == [10, 20, 25, 25, 25]
+def _spread(policy_env: str, attempt: int, settings: WorkerSettings = SETTINGS) -> list[float]:
+    policy = build_policy(policy_env, settings)
+    return [policy.decide(attempt).delay_seconds for _ in range(400)]
+
+
+@pytest.mark.parametrize(
+    ("environment", "attempt", "scheduled"),
+    [("prod", 1, 10), ("prod", 2, 20), ("prod", 3, 40), ("staging", 5, 60), ("dev", 1, 10)],
+)
+def test_each_wait_is_drawn_between_half_and_all_of_its_schedule(
+    environment: str, attempt: int, scheduled: float
+) -> None:
+    delays = _spread(environment, attempt)
+    assert all(scheduled / 2 <= d <= scheduled for d in delays)
+    # Spread over the window, not bunched at one end.
+    assert min(delays) < scheduled * 0.6 and max(delays) > scheduled * 0.9
+
+
+@pytest.mark.parametrize(("environment", "attempt"), [("dev", 3), ("dev", 50), ("staging", 5)])
+def test_jitter_stays_effective_at_the_cap(environment: str, attempt: int) -> None:
+    cap = 25 if environment == "dev" else 60
+    delays = _spread(environment, attempt)
+    assert all(cap / 2 <= d <= cap for d in delays)
+    assert len(set(delays)) > 390  # no lockstep: practically every retry at its own moment
+    assert max(delays) - min(delays) > cap * 0.4
+
+
+def test_prod_defaults_spread_three_retries_over_hours() -> None:
+    defaults = WorkerSettings()
+    policy = build_policy("prod", defaults)
+    for _ in range(50):
+        total = sum(policy.decide(n).delay_seconds for n in (1, 2, 3))
+        assert 3_600 <= total <= 3 * 3_600
+    assert policy.decide(4).give_up
+    summary = schedule_summary(Environment.PROD, defaults)
+    assert "3 retries after 60, 1800, 7200 s" in summary
 
 
 def test_retry_after_lengthens_the_wait_within_bounds_and_never_shortens_it() -> None:
     prod = build_policy("prod", SETTINGS)
     assert prod.decide(1, retry_after=30).delay_seconds == 30
     assert prod.decide(1, retry_after=10_000).delay_seconds == 100
-    assert prod.decide(3, retry_after=1).delay_seconds == 40
+    assert 20 <= prod.decide(3, retry_after=1).delay_seconds <= 40
     assert prod.decide(4, retry_after=30).give_up
 
 
@@ -97,18 +127,28 @@ def test_settings_refuse_out_of_range_values(field: str) -> None:
         WorkerSettings.model_validate({field: 0})
 
 
-def test_a_lease_must_outlast_a_request() -> None:
-    with pytest.raises(ValidationError, match="lease_seconds must be longer than request_timeout"):
-        WorkerSettings(lease_seconds=10, request_timeout_seconds=10)
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lease_seconds": 10, "request_timeout_seconds": 10}, "WORKER_LEASE_SECONDS must be"),
+        ({"concurrency": 100, "batch_size": 50}, "WORKER_CONCURRENCY cannot exceed"),
+        (
+            {"heartbeat_interval_seconds": 30, "heartbeat_max_age_seconds": 30},
+            "WORKER_HEARTBEAT_MAX_AGE_SECONDS must be longer",
+        ),
+    ],
+)
+def test_settings_that_cannot_work_together_are_refused(
+    settings: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        WorkerSettings.model_validate(settings)
 
 
-def test_jitter_spreads_retries_within_its_bound() -> None:
-    policy = build_policy(
-        "prod", WorkerSettings(retry_wait_base_seconds=10, retry_jitter_seconds=2)
-    )
-    delays = {policy.decide(1).delay_seconds for _ in range(50)}
-    assert all(10 <= d <= 12 for d in delays)
-    assert len(delays) > 1
+def test_the_held_limit_fits_the_lease() -> None:
+    # At the defaults with a 30 s timeout, 200 held would mean the last 100 start after 60 s.
+    assert WorkerSettings(request_timeout_seconds=30).held_limit == 100
+    assert WorkerSettings().held_limit == 200
 
 
 async def test_deadlocks_and_outages_are_transient_other_errors_are_not(db: Database) -> None:

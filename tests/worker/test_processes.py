@@ -15,6 +15,7 @@ from shared.settings import PlatformSettings
 from tests.worker.conftest import (
     MakeProject,
     Receiver,
+    attempt_rows,
     delivery_row,
     emit_events,
     eventually,
@@ -177,7 +178,7 @@ async def test_sigterm_lets_in_flight_deliveries_finish(
         assert (row["status"], row["attempts"], row["leased_by"]) == ("succeeded", 1, None)
 
 
-async def test_sigterm_past_the_grace_releases_in_flight_deliveries(
+async def test_sigterm_past_the_grace_logs_in_flight_attempts_as_outcome_unknown(
     db: Database,
     database_url: str,
     make_project: MakeProject,
@@ -186,15 +187,22 @@ async def test_sigterm_past_the_grace_releases_in_flight_deliveries(
     async with serving(Receiver(delay=3.0)) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
         ids = await emit_events(db, project, 3)
-        worker = start_worker_process(database_url, shutdown_grace_seconds=0.2)
+        worker = start_worker_process(
+            database_url, shutdown_grace_seconds=0.2, retry_schedule_seconds=[60.0]
+        )
         processes.append(worker)
         await eventually(lambda: _arrived(receiver, 3), what="3 requests in flight")
         assert await stop_process(worker, within=10) == 0
     for delivery_id in ids:
         row = await delivery_row(db, delivery_id)
-        # Released, not lost: due again at once for the next worker, no attempt counted.
-        assert (row["status"], row["attempts"], row["leased_by"]) == ("pending", 0, None)
-        assert row["lease_expires_at"] is None
+        # The requests reached the receiver: each is an attempt, counted, and retried later.
+        assert (row["status"], row["attempts"], row["leased_by"]) == ("pending", 1, None)
+        [attempt] = await attempt_rows(db, delivery_id)
+        assert attempt["status_code"] is None
+        assert (
+            "outcome unknown: the worker stopped while the request was in flight"
+            in (attempt["error"])
+        )
 
 
 async def test_check_reports_a_fresh_heartbeat_only_while_a_worker_runs(
@@ -261,7 +269,10 @@ async def test_a_dead_recorder_stops_the_worker_instead_of_hanging(
         # Recording attempts fails for good (a bug, not an outage): the recorder dies.
         await refuse_inserts(db, "webhook_attempts")
         await emit_events(db, project, 60)
-        worker = Worker(PlatformSettings(database_url=database_url), worker_settings(batch_size=10))
+        worker = Worker(
+            PlatformSettings(database_url=database_url),
+            worker_settings(batch_size=10, concurrency=5),
+        )
         assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
     assert (await status_counts(db)) == {"pending": 60}
 

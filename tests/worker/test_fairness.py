@@ -1,0 +1,254 @@
+"""Fairness between endpoints, leases that hold, and claims that skip disabled endpoints: the
+worker as a real process against loopback receivers that verify every signature."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections import Counter
+
+import pytest
+
+from shared.db import Database
+from shared.webhooks import set_enabled
+from tests.worker.conftest import (
+    MakeProject,
+    Receiver,
+    add_endpoint,
+    attempt_rows,
+    delivery_row,
+    drain,
+    emit_events,
+    eventually,
+    running_worker,
+    serving,
+    start_worker_process,
+    status_counts,
+    stop_process,
+    webhook_project,
+)
+from worker import queue
+
+
+async def test_a_hanging_endpoint_does_not_delay_another_projects_webhooks(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    timeout = 2.0
+    async with (
+        serving(Receiver(delay=3_600), hang_up_with_client=True) as hanging,
+        serving(Receiver()) as healthy,
+    ):
+        project_a, _ = await webhook_project(db, make_project, hanging, "prod")
+        project_b, _ = await webhook_project(db, make_project, healthy, "prod")
+        await emit_events(db, project_a, 300)
+        worker = start_worker_process(
+            database_url,
+            request_timeout_seconds=timeout,
+            concurrency=50,
+            batch_size=200,
+            endpoint_concurrency=4,
+            retry_schedule_seconds=[600.0],
+            poll_interval_seconds=5.0,  # B's webhook must come by notification, not by polling
+        )
+        processes.append(worker)
+        await eventually(lambda: _arrived(hanging, 4), what="the hanging endpoint's first requests")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waits: list[float] = []
+        for n in range(1, 4):
+            # Each of B's events while A's backlog keeps the worker busy with timeouts.
+            healthy.started.clear()
+            emitted = loop.time()
+            await emit_events(db, project_b)
+            await asyncio.wait_for(healthy.started.wait(), 30)
+            waits.append(loop.time() - emitted)
+            assert len(healthy.received) <= n
+            await asyncio.sleep(timeout * 0.75)
+        elapsed = loop.time() - started
+        assert await stop_process(worker) == 0
+
+    assert max(waits) < 1.0, f"B's webhooks waited {waits} s behind A's hanging endpoint"
+    # A never had more than its share in flight: 4 per request timeout (plus the first round).
+    assert len(hanging.arrived) <= 4 * (elapsed / timeout + 2)
+    assert healthy.bad_signatures == hanging.bad_signatures == []
+
+
+async def _arrived(receiver: Receiver, count: int) -> bool:
+    return len(receiver.arrived) >= count
+
+
+@pytest.mark.slow
+async def test_at_the_default_settings_slow_receivers_get_each_webhook_once(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # The defaults (lease 60 s, batch 200, 50 senders) with a 30 s timeout and receivers that take
+    # 25 s: a worker holding 200 would start the last 50 after 75 s, past their lease.
+    total, endpoints = 200, 50
+    async with serving(Receiver(delay=25.0)) as receiver:
+        project = await make_project("prod")
+        for _ in range(endpoints):
+            await add_endpoint(db, project, receiver)
+        await emit_events(db, project, total // endpoints)
+        worker = start_worker_process(
+            database_url,
+            request_timeout_seconds=30,
+            lease_seconds=60,
+            batch_size=200,
+            concurrency=50,
+            endpoint_concurrency=4,
+            poll_interval_seconds=1.0,
+        )
+        processes.append(worker)
+        await eventually(
+            lambda: _succeeded(db, total), within=150, what="every delivery succeeding"
+        )
+        assert await stop_process(worker) == 0
+
+    sent = Counter(receiver.arrived)
+    assert len(sent) == total
+    assert set(sent.values()) == {1}, "a webhook-id was sent more than once"
+    assert receiver.bad_signatures == []
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select count(*) as n, max(attempt_number) as most from public.webhook_attempts"
+        )
+        row = await cur.fetchone()
+    assert row is not None and (row["n"], row["most"]) == (total, 1)
+
+
+async def _succeeded(db: Database, total: int) -> bool:
+    return (await status_counts(db)).get("succeeded", 0) == total
+
+
+async def test_deliveries_of_a_disabled_endpoint_are_never_claimed_whatever_their_status(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+    ids = await emit_events(db, project, 3)
+    async with db.as_service() as conn:
+        await set_enabled(conn, endpoint, False, reason="paused")
+        # Whatever put them back to pending (a bug, a hand edit), they stay undelivered.
+        await conn.execute(
+            "update public.webhook_deliveries set status = 'pending', completed_at = null"
+            " where endpoint_id = %s",
+            (endpoint,),
+        )
+        claimed = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=10,
+            lease_seconds=10,
+            per_endpoint=10,
+            held=[],
+            budgets=queue.Budgets.from_config(),
+        )
+        assert claimed == []
+        assert await queue.count_due(conn) == 0
+    await drain(database_url)
+    assert receiver.arrived == []
+    for delivery_id in ids:
+        assert (await delivery_row(db, delivery_id))["attempts"] == 0
+
+
+async def test_an_attempt_in_flight_when_its_endpoint_is_disabled_is_still_logged(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    async with serving(Receiver(delay=1.0)) as receiver:
+        project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+        [delivery_id] = await emit_events(db, project)
+        async with running_worker(database_url):
+            await asyncio.wait_for(receiver.started.wait(), 30)
+            async with db.as_service() as conn:
+                await set_enabled(conn, endpoint, False)
+
+            async def logged() -> bool:
+                return bool(await attempt_rows(db, delivery_id))
+
+            await eventually(logged, what="the attempt's row")
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["attempts"]) == ("cancelled", 1)
+    [attempt] = await attempt_rows(db, delivery_id)
+    assert (attempt["attempt_number"], attempt["status_code"]) == (1, 200)
+    assert receiver.count(str(delivery_id)) == 1
+
+
+async def test_a_payload_that_kills_every_worker_ends_exhausted(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # The receiver kills (kill -9) the worker that sends it the delivery, as a payload that
+    # crashes the process would: every attempt dies with its worker, its outcome unknown.
+    victims: list[subprocess.Popen[bytes]] = []
+
+    def kill_the_sender(receiver: Receiver, received: object) -> tuple[int, dict[str, str]]:
+        victims[-1].kill()
+        return 200, {}
+
+    async with serving(Receiver(respond=kill_the_sender)) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        [delivery_id] = await emit_events(db, project)
+        for _ in range(8):
+            if (await delivery_row(db, delivery_id))["status"] == "exhausted":
+                break
+            worker = start_worker_process(
+                database_url, lease_seconds=1.5, request_timeout_seconds=1
+            )
+            processes.append(worker)
+            victims.append(worker)
+
+            async def died_or_exhausted(worker: subprocess.Popen[bytes] = worker) -> bool:
+                row = await delivery_row(db, delivery_id)
+                return worker.poll() is not None or row["status"] == "exhausted"
+
+            await eventually(died_or_exhausted, what="a kill or the end of the budget")
+            if worker.poll() is None:
+                assert await stop_process(worker) == 0
+    row = await delivery_row(db, delivery_id)
+    assert row["status"] == "exhausted"
+    assert row["attempts"] == 4  # prod: 4 attempts
+    assert len(receiver.received) == 4
+    assert sum(1 for v in victims if v.returncode == -9) == 4
+    attempts = await attempt_rows(db, delivery_id)
+    assert [a["attempt_number"] for a in attempts] == [1, 2, 3, 4]
+    assert all("outcome unknown" in a["error"] for a in attempts)
+    assert receiver.bad_signatures == []
+
+
+async def test_a_claim_never_returns_a_delivery_its_worker_still_holds(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    await emit_events(db, project, 2)
+    budgets = queue.Budgets.from_config()
+    async with db.as_service() as conn:
+        held = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=1,
+            lease_seconds=0.001,  # expires at once, as after an outage
+            per_endpoint=10,
+            held=[],
+            budgets=budgets,
+        )
+        assert len(held) == 1
+    async with db.as_service() as conn:
+        # Neither settled as lost nor claimed again while the worker says it holds it.
+        assert await queue.settle_lost(conn, held=[held[0].id], budgets=budgets) == {}
+        again = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=10,
+            lease_seconds=60,
+            per_endpoint=10,
+            held=[held[0].id],
+            budgets=budgets,
+        )
+    assert [d.id for d in again] != [] and held[0].id not in {d.id for d in again}
