@@ -5,9 +5,10 @@
 2. Throughput with `wrk -t2 -c50` on loopback: the raw upstream, an independent minimal aiohttp
    reverse proxy (bench/proxy.py: forwards method, path, query, headers and body; none of the
    gateway's code), and the full gateway with memory and with Redis rate limits, logging its info
-   line per request to a file as in production. Three repetitions, each in a rotated order, so
-   that noise from other work on the machine hits all alike; medians reported, with the CPU the
-   server process spent per request beside each figure.
+   line per request to a file as in production; and the memory gateway once more with its
+   Prometheus metrics on (`GATEWAY_METRICS_PORT`), for the metrics' overhead. Three repetitions,
+   each in a rotated order, so that noise from other work on the machine hits all alike; medians
+   reported, with the CPU the server process spent per request beside each figure.
 3. Added latency at a fixed 500 requests a second (an open-loop aiohttp client, latency counted
    from each request's scheduled time): p99 through the gateway minus p99 straight to upstream.
 
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -42,18 +44,21 @@ import redis
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from ops import database
 from ops.demo import DemoKey, seed_demo
 from shared.db import Database
 from shared.environment import Environment
+from shared.keys import hash_token
 from shared.settings import PlatformSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-GATEWAYS = ("memory", "redis")
+GATEWAYS = ("memory", "metrics", "redis")
 HUGE_LIMIT = 1_000_000_000  # the throughput runs measure the gateway, not its 429s
 
 
@@ -172,13 +177,33 @@ async def decisions(database_url: str, token: str, iterations: int) -> dict[str,
     finally:
         await gateway.db.close()
 
+    # What metrics on add per forwarded request (a cache hit counted, the request counted and
+    # its two times observed), on a private set, against the same loop doing nothing.
+    metrics = GatewayMetrics()
+    credential = gateway.cache.cached(hash_token(token))
+    start = time.perf_counter()
+    for _ in range(iterations):
+        metrics.cache_hits += 1
+        metrics.request(credential, None, 0.0002, 0.001)
+    counted = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(iterations):
+        pass
+    empty = time.perf_counter() - start
+    metrics_us = (counted - empty) / iterations * 1e6
+
     limiter = FixedWindowRateLimiter(MemoryStorage())
     item = RateLimitItemPerSecond(HUGE_LIMIT, 60)
     start = time.perf_counter()
     for _ in range(iterations):
         await limiter.hit(item, "project")
     alone = iterations / (time.perf_counter() - start)
-    return {"gateway_decisions_per_s": ours, "limits_alone_per_s": alone, "ratio": ours / alone}
+    return {
+        "gateway_decisions_per_s": ours,
+        "limits_alone_per_s": alone,
+        "ratio": ours / alone,
+        "metrics_us_per_request": metrics_us,
+    }
 
 
 # 3. Added latency at a fixed rate ----------------------------------------------------------------
@@ -237,7 +262,8 @@ def run(quick: bool) -> dict[str, Any]:
             "decisions": asyncio.run(decisions(database_url, prod.token, 50_000 * rounds)),
         }
 
-        ports = {name: free_port() for name in ("upstream", "proxy", "memory", "redis")}
+        ports = {name: free_port() for name in ("upstream", "proxy", "memory", "metrics", "redis")}
+        metrics_port = free_port()
         urls = {name: f"http://127.0.0.1:{port}/items" for name, port in ports.items()}
         upstream_base = f"http://127.0.0.1:{ports['upstream']}"
         gateway_env = {
@@ -256,6 +282,11 @@ def run(quick: bool) -> dict[str, Any]:
             "memory": (
                 ["-m", "gateway", "--port", str(ports["memory"])],
                 {**gateway_env, "REDIS_URL": ""},
+            ),
+            # The same gateway with its metrics on: the difference is what they cost.
+            "metrics": (
+                ["-m", "gateway", "--port", str(ports["metrics"])],
+                {**gateway_env, "REDIS_URL": "", "GATEWAY_METRICS_PORT": str(metrics_port)},
             ),
         }
         if redis_url:
@@ -293,6 +324,7 @@ def run(quick: bool) -> dict[str, Any]:
                 )
                 for name, runs in loads.items()
             }
+            result["metrics_requests_counted"] = _counted(metrics_port)
             proxy = result["throughput"]["proxy"]
             for name in GATEWAYS:
                 if name in result["throughput"]:
@@ -303,6 +335,16 @@ def run(quick: bool) -> dict[str, Any]:
                     figures["cpu_ratio_to_proxy"] = (
                         proxy["cpu_us_per_request"] / figures["cpu_us_per_request"]
                     )
+            memory, metrics = result["throughput"]["memory"], result["throughput"]["metrics"]
+            result["metrics_overhead"] = {
+                "throughput_ratio": metrics["requests_per_second"] / memory["requests_per_second"],
+                "cpu_ratio": memory["cpu_us_per_request"] / metrics["cpu_us_per_request"],
+                # The in-process cost of the updates as a share of the CPU a request takes:
+                # steadier than two processes' throughputs, which differ by a few percent
+                # between identical configurations on a shared machine.
+                "cost_share": result["decisions"]["metrics_us_per_request"]
+                / memory["cpu_us_per_request"],
+            }
 
             direct: list[float] = []
             through: list[float] = []
@@ -328,6 +370,21 @@ def run(quick: bool) -> dict[str, Any]:
         if stale:
             client.delete(*stale)
     return result
+
+
+def _counted(metrics_port: int) -> float:
+    """Forwarded requests the metrics gateway counted (proof that its metrics were on)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counted = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "parity_gateway_requests_total" and sample.labels["code"] == "ok"
+    )
+    if not counted:
+        raise RuntimeError("the gateway with metrics on counted no request")
+    return counted
 
 
 @contextmanager
@@ -366,6 +423,7 @@ def table(result: dict[str, Any]) -> str:
     )
     for name, label, target in (
         ("memory", "memory limits", ">= 0.6"),
+        ("metrics", "memory limits, metrics on", ""),
         ("redis", "Redis limits", ">= 0.45"),
     ):
         if name in t:
@@ -377,6 +435,19 @@ def table(result: dict[str, Any]) -> str:
                 f" {proxy['cpu_us_per_request']:.0f} µs | {row['ratio_to_proxy']:.2f}"
                 f" (CPU {row['cpu_ratio_to_proxy']:.2f}) | {target} |"
             )
+    overhead = result["metrics_overhead"]
+    lines.append(
+        f"| Metrics on (`GATEWAY_METRICS_PORT`) | {t['metrics']['requests_per_second']:,.0f} req/s,"
+        f" {t['metrics']['cpu_us_per_request']:.0f} µs CPU/request"
+        f" | metrics off {t['memory']['requests_per_second']:,.0f} req/s,"
+        f" {t['memory']['cpu_us_per_request']:.0f} µs | {overhead['throughput_ratio']:.3f}"
+        f" (CPU {overhead['cpu_ratio']:.3f}) | >= 0.97 |"
+    )
+    lines.append(
+        f"| Metrics updates per request, in process | {d['metrics_us_per_request']:.2f} µs"
+        f" | gateway {t['memory']['cpu_us_per_request']:.0f} µs CPU/request, metrics off"
+        f" | {overhead['cost_share']:.1%} | <= 3% |"
+    )
     lines.append(
         f"| p99 added at 500 req/s | {lat['added_p99_ms']:+.2f} ms"
         f" (gateway p99 {lat['gateway_p99_ms']:.2f} ms) | upstream p99 {lat['upstream_p99_ms']:.2f}"

@@ -19,8 +19,15 @@ from gateway.errors import PublishableKeyReadOnly, RequestTooLarge, status_for
 from gateway.keycache import KeyCache
 from gateway.listener import listen_for_invalidations
 from gateway.metering import UsageMeter
+from gateway.metrics import METRICS
 from gateway.proxy import Upstream, UpstreamResponse, forward_headers
-from gateway.ratelimit import Decision, MemoryWindows, ProjectRateLimiter, build_windows
+from gateway.ratelimit import (
+    Decision,
+    MemoryWindows,
+    ProjectRateLimiter,
+    RedisWindows,
+    build_windows,
+)
 from gateway.reqlog import Exchange, log_bodies, log_request, logs_bodies
 from gateway.settings import GatewaySettings
 from shared.apikeys import Credential
@@ -36,6 +43,7 @@ from shared.errors import (
 from shared.identity import ENVIRONMENT_HEADER, KEY_ID_HEADER, KEY_KIND_HEADER, PROJECT_ID_HEADER
 from shared.keys import KeyKind, hash_token, key_prefix, parse_token
 from shared.logging import flush_logs
+from shared.metrics import Check, health_routes, serve_metrics
 from shared.settings import PlatformSettings
 
 Scope = MutableMapping[str, Any]
@@ -160,9 +168,12 @@ class Gateway:
             total_timeout=settings.upstream_timeout_seconds,
             max_connections=settings.max_upstream_connections,
         )
+        self.metrics = METRICS if settings.metrics_port is not None else None
+        """None when no metrics port is set: the request path then counts nothing."""
         self.listening = asyncio.Event()
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_server = contextlib.AsyncExitStack()
         self._identities: dict[UUID, tuple[Credential, dict[str, str]]] = {}
 
     # Lifecycle ---------------------------------------------------------------------------------
@@ -184,9 +195,26 @@ class Gateway:
                 self.meter.run(self.settings.usage_flush_interval_seconds), name="usage-flush"
             ),
         ]
+        await self._metrics_server.enter_async_context(
+            serve_metrics(self.settings, routes=health_routes(self.readiness_checks()))
+        )
         self.started.set()
 
+    def readiness_checks(self) -> dict[str, Check]:
+        """What `/readyz` asks (each within a second): the database, and Redis when the rate
+        limits live there."""
+        checks: dict[str, Check] = {"database": self._database_answers}
+        windows = self.limiter.windows
+        if isinstance(windows, RedisWindows):
+            checks["redis"] = windows.ping
+        return checks
+
+    async def _database_answers(self) -> None:
+        async with self.db.as_service() as conn:
+            await conn.execute("select 1")
+
     async def stop(self) -> None:
+        await self._metrics_server.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -236,19 +264,26 @@ class Gateway:
         the row is what is trusted, and a token that does not say what its row says was not
         issued for it (a row edited by hand, or a bug in issuing)."""
         key_hash = hash_token(token)
+        metrics = self.metrics
         # Only tokens of stored keys are ever cached, so a hit is a well-formed token with a
         # valid checksum: the format check is needed, and paid, only on a miss.
         credential = self.cache.cached(key_hash)
         if credential is None:
             parse_token(token)
             if self.cache.known_unknown(key_hash):
+                if metrics is not None:
+                    metrics.cache_negatives += 1
                 return None
+            if metrics is not None:
+                metrics.cache_misses += 1
             limited = self.settings.client_lookup_limit and client is not None
             credential = await self.cache.get(
                 key_hash, (lambda: self._count_lookup(client)) if limited else None
             )
             if credential is None:
                 return None
+        elif metrics is not None:
+            metrics.cache_hits += 1
         if not token.startswith(_PREFIXES[credential.key_environment, credential.kind]):
             raise InvalidApiKey(
                 "API key does not match its record (environment or kind): use the key exactly"
@@ -307,6 +342,7 @@ class Gateway:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         credential: Credential | None = None
         decision: Decision | None = None
+        upstream_seconds: float | None = None  # set once an upstream exchange was attempted
         try:
             found = _credential_header(headers)
             if found is None:
@@ -337,27 +373,35 @@ class Gateway:
                 drop=credential_header,
                 identity=self._identity(authenticated),
             )
-            response = await self.upstream.forward(
-                method,
-                scope.get("raw_path") or scope["path"].encode(),
-                scope["query_string"],
-                upstream_headers,
-                body,
-            )
+            upstream_started = time.perf_counter()
+            try:
+                response = await self.upstream.forward(
+                    method,
+                    scope.get("raw_path") or scope["path"].encode(),
+                    scope["query_string"],
+                    upstream_headers,
+                    body,
+                )
+            finally:
+                upstream_seconds = time.perf_counter() - upstream_started
         except RateLimitExceeded as refusal:
             await _send_error(send, 429, refusal, refusal.decision)
+            if self.metrics is not None:
+                self.metrics.rate_limited(credential)
             self._log(scope, 429, started, credential, refusal.code)
             return
         except TooManyLookups as refusal:
             await _send_error(
                 send, 429, refusal, None, ((b"retry-after", b"%d" % refusal.retry_after),)
             )
+            if self.metrics is not None:
+                self.metrics.rate_limited(credential)
             self._log(scope, 429, started, credential, refusal.code)
             return
         except ParityError as error:
             status = status_for(error)
             await _send_error(send, status, error, decision)
-            self._log(scope, status, started, credential, error.code)
+            self._log(scope, status, started, credential, error.code, upstream_seconds)
             return
         except Exception:
             logger.exception("unexpected error in the gateway")
@@ -365,10 +409,10 @@ class Gateway:
                 "the gateway failed unexpectedly: retry, and report it if it lasts"
             )
             await _send_error(send, 500, failure, decision)
-            self._log(scope, 500, started, credential, failure.code)
+            self._log(scope, 500, started, credential, failure.code, upstream_seconds)
             return
         await _send_response(send, response, decision, head=method == "HEAD")
-        exchange = self._log(scope, response.status, started, credential, None)
+        exchange = self._log(scope, response.status, started, credential, None, upstream_seconds)
         if logs_bodies(credential):
             log_bodies(
                 exchange,
@@ -404,17 +448,25 @@ class Gateway:
         started: float,
         credential: Credential | None,
         error_code: str | None,
+        upstream_seconds: float | None = None,
     ) -> Exchange:
+        """The request's info line and, when metrics are on, its count and times (the time in
+        the gateway itself is the whole minus the upstream exchange)."""
+        elapsed = time.perf_counter() - started
         exchange = Exchange(
             method=scope["method"],
             path=scope["path"],
             query=scope["query_string"].decode("latin-1"),
             status=status,
-            duration_ms=(time.perf_counter() - started) * 1000,
+            duration_ms=elapsed * 1000,
             credential=credential,
             error_code=error_code,
         )
         log_request(exchange)
+        if self.metrics is not None:
+            self.metrics.request(
+                credential, error_code, elapsed - (upstream_seconds or 0.0), upstream_seconds
+            )
         return exchange
 
 

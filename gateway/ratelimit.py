@@ -175,6 +175,10 @@ class RedisWindows:
             return 0, None
         return int(count), time.time() + ttl / 1000
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers (the gateway's readiness check)."""
+        await self._client.ping()
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.metrics import MetricsSettings
 
 
-class GatewaySettings(BaseSettings):
-    """Settings of `python -m gateway`."""
+class GatewaySettings(MetricsSettings):
+    """Settings of `python -m gateway`, with `GATEWAY_METRICS_PORT` and `GATEWAY_METRICS_HOST`
+    (metrics, `/healthz` and `/readyz` on a port of their own; unset: off)."""
 
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_", env_file=".env", extra="ignore", frozen=True

@@ -38,6 +38,7 @@ class RunSettings(BaseSettings):
     console_port: int = Field(default=8000, ge=1, le=65535)
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     upstream_port: int = Field(default=8081, ge=1, le=65535)
+    gateway_metrics_port: int = Field(default=9100, ge=1, le=65535)
     worker_metrics_port: int = Field(default=9101, ge=1, le=65535)
     console_metrics_port: int = Field(default=9102, ge=1, le=65535)
     seed_demo: bool = True
@@ -89,7 +90,11 @@ def processes(run: RunSettings) -> list[ProcessSpec]:
             "gateway",
             "gateway",
             ("--host", run.host, "--port", str(run.gateway_port)),
-            {"GATEWAY_UPSTREAM_URL": os.environ.get("GATEWAY_UPSTREAM_URL", upstream_url)},
+            {
+                "GATEWAY_UPSTREAM_URL": os.environ.get("GATEWAY_UPSTREAM_URL", upstream_url),
+                "GATEWAY_METRICS_HOST": run.host,
+                "GATEWAY_METRICS_PORT": str(run.gateway_metrics_port),
+            },
         ),
         # Local receivers (a webhook.site stand-in on localhost) are the norm on a laptop.
         ProcessSpec(
@@ -175,7 +180,8 @@ def print_banner(
         "",
         f"Gateway: {gateway_url}  (forwards to the demo upstream)",
         f"Console: http://{run.host}:{run.console_port}/",
-        f"Metrics: worker http://{run.host}:{run.worker_metrics_port}/metrics,"
+        f"Metrics: gateway http://{run.host}:{run.gateway_metrics_port}/metrics"
+        f" (and /healthz, /readyz), worker http://{run.host}:{run.worker_metrics_port}/metrics,"
         f" console http://{run.host}:{run.console_metrics_port}/metrics",
         "  Sign in with any email and a password of 8+ characters: the first sign-in creates the",
         "  account. Sign in as demo@example.com to see the demo projects (your first password",

@@ -41,7 +41,14 @@ def wait_for(url: str, deadline: float) -> httpx.Response:
 
 
 def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) -> None:
-    names = ("console", "gateway", "upstream", "worker_metrics", "console_metrics")
+    names = (
+        "console",
+        "gateway",
+        "upstream",
+        "gateway_metrics",
+        "worker_metrics",
+        "console_metrics",
+    )
     ports = {name: free_port() for name in names}
     state_file = tmp_path / "run.json"
     env = {
@@ -114,18 +121,19 @@ def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) ->
             assert listing.returncode == 0, listing.stderr
             assert " prod  active " in listing.stdout, listing.stdout
 
-            for name in ("worker_metrics", "console_metrics"):
+            for name, expected in (
+                ("gateway_metrics", "parity_gateway_requests"),
+                ("worker_metrics", "parity_webhook_attempts"),
+                ("console_metrics", "parity_console_requests"),
+            ):
                 url = f"http://127.0.0.1:{ports[name]}/metrics"
                 assert url in output
                 families = {
                     f.name for f in text_string_to_metric_families(wait_for(url, deadline).text)
                 }
-                expected = (
-                    "parity_webhook_attempts"
-                    if name == "worker_metrics"
-                    else ("parity_console_requests")
-                )
                 assert expected in families
+            ready = wait_for(f"http://127.0.0.1:{ports['gateway_metrics']}/readyz", deadline)
+            assert ready.status_code == 200, ready.text
         finally:
             up.send_signal(signal.SIGTERM)
             try:
