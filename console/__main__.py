@@ -33,12 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(settings, platform, local=local)
     except UnsafeSettings as exc:
         parser.error(str(exc))
-    print(f"Console: http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    docs = " (API docs at /docs)" if app.state.console.settings.docs else ""
+    print(f"Console: http://{args.host}:{args.port}/{docs}", flush=True)
     config = uvicorn.Config(
         RequestMetrics(app),
         host=args.host,
         port=args.port,
         log_level="info",
+        # uvicorn's own records go through loguru (configure_logging intercepts the standard
+        # logging module), in the process's format: JSON lines stay JSON.
+        log_config=None,
         access_log=process.access_log,
     )
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:

@@ -3,6 +3,7 @@ without a database, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,3 +64,33 @@ def test_refuses_to_start_without_a_database() -> None:
     )
     assert result.returncode == 2
     assert b"DATABASE_URL is not set" in result.stderr
+
+
+def test_json_log_format_gives_one_json_object_per_line_uvicorn_included(database_url: str) -> None:
+    with free_port_socket() as sock:
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "console", "--host", "127.0.0.1", "--port", str(port)],
+        env=console_env(
+            DATABASE_URL=database_url, PARITY_LOG_FORMAT="json", CONSOLE_ACCESS_LOG="true"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(STARTUP_POLLS):
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        assert httpx.get(f"{base}/api/v1/projects").status_code == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=15)
+    lines = err.decode().splitlines()
+    records = [json.loads(line) for line in lines]  # every line, uvicorn's own included
+    messages = " ".join(record["record"]["message"] for record in records)
+    assert "Application startup complete" in messages
+    assert "/api/v1/projects" in messages  # the access log line, through the same format
