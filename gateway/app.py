@@ -354,24 +354,18 @@ class Gateway:
             # Looked up before admitting, so a refusal's log line still names the project.
             client = scope.get("client")
             credential = await self.lookup(token, client[0] if client else None)
-            authenticated = authenticate(credential)
-            try:
-                authorize(authenticated, method)
-            except ParityError:
-                # Once the key is known good, every answer carries the project's budget.
-                decision = await self.standing(authenticated)
-                raise
-            decision = await self.take(authenticated)
+            decision = await self.admit(credential, method)
+            assert credential is not None
             body = (
                 await _read_body(receive, self.settings.max_request_body_bytes)
                 if _has_body(headers)
                 else b""
             )
-            self.meter.record(authenticated.project_id, authenticated.key_id)
+            self.meter.record(credential.project_id, credential.key_id)
             upstream_headers = forward_headers(
                 headers,
                 drop=credential_header,
-                identity=self._identity(authenticated),
+                identity=self._identity(credential),
             )
             upstream_started = time.perf_counter()
             try:
@@ -400,6 +394,10 @@ class Gateway:
             return
         except ParityError as error:
             status = status_for(error)
+            if status == 403 and credential is not None:
+                # A 403 refuses a key that authenticated (environment, suspension, publishable
+                # write): its answer carries the project's budget, without spending from it.
+                decision = await self.standing(credential)
             await _send_error(send, status, error, decision)
             self._log(scope, status, started, credential, error.code, upstream_seconds)
             return
