@@ -2,10 +2,12 @@
 
 Four parts run side by side: the claim loop keeps up to `held_limit` deliveries leased (claiming
 again when half have been recorded; never more than the senders can start before the lease ends),
-`concurrency` senders take them from an in-memory queue and make one attempt each, the recorder
-writes finished attempts in batches (one statement per batch), and the renewer extends the leases
-of everything held, so no delivery this worker holds is ever claimed by another. Waiting is "a
-notification, the poll timer, room for more, or stop", whichever comes first.
+`concurrency` senders take them from an in-memory queue and make one attempt each (at most
+`endpoint_concurrency` to one endpoint at a time: the rest of an endpoint's deliveries wait in
+its own queue and move up as its requests finish, so no sender waits on a busy endpoint), the
+recorder writes finished attempts in batches (one statement per batch), and the renewer extends
+the leases of everything held, so no delivery this worker holds is ever claimed by another.
+Waiting is "a notification, the poll timer, room for more, or stop", whichever comes first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,6 +126,10 @@ class Dispatcher:
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
+        # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
+        # waiting behind them.
+        self._endpoint_busy: dict[UUID, int] = {}
+        self._endpoint_waiting: dict[UUID, deque[tuple[ClaimedDelivery, str]]] = {}
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -198,6 +205,7 @@ class Dispatcher:
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
                     per_endpoint=self._settings.endpoint_concurrency,
+                    prefetch=self._settings.endpoint_prefetch,
                     held=held,
                     budgets=self._budgets,
                 )
@@ -221,8 +229,46 @@ class Dispatcher:
         self.stats.claimed += len(claimed)
         for delivery in claimed:
             self._held.add(delivery.id)
-            self._todo.put_nowait((delivery, webhook_body(delivery)))
+            self._enqueue(delivery, webhook_body(delivery))
         return len(claimed)
+
+    def _enqueue(self, delivery: ClaimedDelivery, body: str) -> None:
+        """To the senders if its endpoint has a free slot, else behind the endpoint's others."""
+        endpoint = delivery.endpoint_id
+        busy = self._endpoint_busy.get(endpoint, 0)
+        if busy < self._settings.endpoint_concurrency:
+            self._endpoint_busy[endpoint] = busy + 1
+            self._todo.put_nowait((delivery, body))
+        else:
+            self._endpoint_waiting.setdefault(endpoint, deque()).append((delivery, body))
+
+    def _slot_freed(self, endpoint: UUID) -> None:
+        """An attempt to `endpoint` finished: its next waiting delivery takes the slot."""
+        waiting = self._endpoint_waiting.get(endpoint)
+        if waiting:
+            self._todo.put_nowait(waiting.popleft())
+            if not waiting:
+                del self._endpoint_waiting[endpoint]
+            return
+        busy = self._endpoint_busy.get(endpoint, 0) - 1
+        if busy > 0:
+            self._endpoint_busy[endpoint] = busy
+        else:
+            self._endpoint_busy.pop(endpoint, None)
+
+    def _drop_waiting(self, ids: set[UUID]) -> None:
+        """Forget waiting deliveries that moved on in the database (cancelled with their endpoint):
+        sending them would reach a receiver that is disabled."""
+        dropped: list[UUID] = []
+        for endpoint, waiting in list(self._endpoint_waiting.items()):
+            stay = deque(item for item in waiting if item[0].id not in ids)
+            dropped += [delivery.id for delivery, _ in waiting if delivery.id in ids]
+            if stay:
+                self._endpoint_waiting[endpoint] = stay
+            else:
+                del self._endpoint_waiting[endpoint]
+        if dropped:
+            self._forget(dropped)
 
     def _database_failed(self, doing: str, exc: ParityError) -> None:
         if isinstance(exc, DatabaseUnavailable):
@@ -255,6 +301,7 @@ class Dispatcher:
                 self._database_failed("renewing leases", exc)
                 continue
             self._outage.ok()
+            self._drop_waiting(set(ids) - kept)
             gone = [i for i in ids if i not in kept and i in self._held]
             if gone:
                 # Cancelled meanwhile (endpoint disabled) or settled by another worker after an
@@ -275,6 +322,7 @@ class Dispatcher:
                 if not self._inflight:
                     self._idle.set()
             self._finished(delivery, response)
+            self._slot_freed(delivery.endpoint_id)
 
     def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
         result = classify(delivery, response, self._policies[delivery.environment])
@@ -331,6 +379,11 @@ class Dispatcher:
                 continue
             self._outage.ok()
             self._forget(r.delivery_id for r in batch)
+            for result in batch:
+                if result.disables_endpoint and result.delivery_id in recorded.applied:
+                    # Disabled: its pending deliveries are cancelled, its waiting ones too.
+                    waiting = self._endpoint_waiting.get(result.endpoint_id, ())
+                    self._drop_waiting({delivery.id for delivery, _ in waiting})
             self.stats.recorded += len(recorded.logged)
             moved_on = len(batch) - len(recorded.applied)
             if moved_on:
@@ -359,6 +412,9 @@ class Dispatcher:
         while not self._todo.empty():
             delivery, _ = self._todo.get_nowait()
             unsent.append(delivery.id)
+        for waiting in self._endpoint_waiting.values():
+            unsent += [delivery.id for delivery, _ in waiting]
+        self._endpoint_waiting.clear()
         await self._release(unsent)
         grace = self._settings.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):
