@@ -34,6 +34,11 @@ from worker.retry import RetryPolicy
 from worker.sender import Response, Sender, webhook_body
 from worker.settings import WorkerSettings
 
+# An endpoint whose last attempt finished within this is "fast": it may be held deeper than its
+# in-flight cap (WORKER_ENDPOINT_PREFETCH) for a minute. A slow or hanging one never is.
+FAST_ATTEMPT_MS = 1_000
+FAST_MEMORY_SECONDS = 60.0
+
 
 @dataclass
 class DispatchStats:
@@ -130,6 +135,12 @@ class Dispatcher:
         # waiting behind them.
         self._endpoint_busy: dict[UUID, int] = {}
         self._endpoint_waiting: dict[UUID, deque[tuple[ClaimedDelivery, str]]] = {}
+        # Endpoints whose last attempt was quick, and when it finished (event loop time).
+        self._endpoint_fast: dict[UUID, float] = {}
+        # Deep enough to refill a fast endpoint between claims, never half the worker's hold.
+        self._prefetch = max(
+            settings.endpoint_concurrency, min(settings.endpoint_prefetch, self._held_limit // 2)
+        )
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -205,7 +216,8 @@ class Dispatcher:
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
                     per_endpoint=self._settings.endpoint_concurrency,
-                    prefetch=self._settings.endpoint_prefetch,
+                    prefetch=self._prefetch,
+                    fast=self._fast_endpoints(),
                     held=held,
                     budgets=self._budgets,
                 )
@@ -242,8 +254,24 @@ class Dispatcher:
         else:
             self._endpoint_waiting.setdefault(endpoint, deque()).append((delivery, body))
 
-    def _slot_freed(self, endpoint: UUID) -> None:
-        """An attempt to `endpoint` finished: its next waiting delivery takes the slot."""
+    def _fast_endpoints(self) -> list[UUID]:
+        """Endpoints that answered quickly within the last minute (older ones are forgotten)."""
+        since = asyncio.get_running_loop().time() - FAST_MEMORY_SECONDS
+        for endpoint in [e for e, at in self._endpoint_fast.items() if at < since]:
+            del self._endpoint_fast[endpoint]
+        return list(self._endpoint_fast)
+
+    async def _slot_freed(self, endpoint: UUID, *, fast: bool) -> None:
+        """An attempt to `endpoint` finished: its next waiting delivery takes the slot. An endpoint
+        that turned slow gives its waiting deliveries back, so they do not keep the worker's room
+        while they wait behind requests that take the whole timeout."""
+        if fast:
+            self._endpoint_fast[endpoint] = asyncio.get_running_loop().time()
+        else:
+            self._endpoint_fast.pop(endpoint, None)
+            waiting = self._endpoint_waiting.pop(endpoint, None)
+            if waiting:
+                await self._release([delivery.id for delivery, _ in waiting])
         waiting = self._endpoint_waiting.get(endpoint)
         if waiting:
             self._todo.put_nowait(waiting.popleft())
@@ -322,7 +350,8 @@ class Dispatcher:
                 if not self._inflight:
                     self._idle.set()
             self._finished(delivery, response)
-            self._slot_freed(delivery.endpoint_id)
+            fast = response.duration_ms < FAST_ATTEMPT_MS
+            await self._slot_freed(delivery.endpoint_id, fast=fast)
 
     def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
         result = classify(delivery, response, self._policies[delivery.environment])

@@ -71,12 +71,13 @@ returning d.id, d.status::text as status
 # (any worker's, plus what this worker still holds) count against `per_endpoint`, and the picks
 # are taken rank by rank across endpoints (every endpoint's first, then every endpoint's second...),
 # so one endpoint's backlog, or an endpoint that never answers, takes at most its share of the
-# workers. An endpoint none of whose deliveries another worker holds may be held deeper, up to
-# `prefetch`: the worker keeps at most `per_endpoint` of them in flight and the rest queued in
-# memory, so a fast endpoint is refilled without waiting for a record and a claim; while another
-# worker holds some, the endpoint is limited to `per_endpoint` leased in all. The ranking reads
-# every due delivery (the due index serves the scan; window functions cannot be combined with
-# SKIP LOCKED, so the picks are locked in a second step). Deliveries of disabled endpoints are
+# workers. A `fast` endpoint (its last attempt answered quickly) none of whose deliveries another
+# worker holds may be held deeper, up to `prefetch`: the worker keeps at most `per_endpoint` of
+# them in flight and the rest queued in memory, so a fast endpoint is refilled without waiting for
+# a record and a claim; while another worker holds some, the endpoint is limited to
+# `per_endpoint` leased in all. The ranking reads every due delivery (the due index serves the
+# scan; window functions cannot be combined with SKIP LOCKED, so the picks are locked in a second
+# step). Deliveries of disabled endpoints are
 # never claimed, whatever their status says. A claim counts the attempt at once (`attempts + 1`),
 # so an attempt lost with its worker still counts; a release takes it back.
 _CLAIM = """
@@ -107,7 +108,9 @@ with budget as (
      where not r.leased
        and r.clean
        and (r.mine + r.theirs + r.position <= %(per_endpoint)s
-            or (r.theirs = 0 and r.mine + r.position <= %(prefetch)s))
+            or (r.theirs = 0
+                and r.endpoint_id = any(%(fast)s::uuid[])
+                and r.mine + r.position <= %(prefetch)s))
        and (b.attempts is null or r.attempts - r.retry_base < b.attempts)
      order by r.position, r.next_attempt_at
      limit %(limit)s
@@ -305,10 +308,11 @@ async def claim(
     held: Sequence[UUID],
     budgets: Budgets,
     prefetch: int | None = None,
+    fast: Sequence[UUID] = (),
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries to `worker_id`, at most `per_endpoint` leased per
-    endpoint (up to `prefetch` of an endpoint no other worker holds any of; the caller keeps at
-    most `per_endpoint` of them in flight), never one of `held`. Commit before sending them."""
+    endpoint (up to `prefetch` of a `fast` endpoint no other worker holds any of; the caller keeps
+    at most `per_endpoint` of them in flight), never one of `held`. Commit before sending them."""
     cur = await conn.execute(
         _CLAIM,
         {
@@ -318,6 +322,7 @@ async def claim(
             "per_endpoint": per_endpoint,
             "prefetch": max(per_endpoint, prefetch or per_endpoint),
             "held": list(held),
+            "fast": list(fast),
             **budgets.params(),
         },
     )
