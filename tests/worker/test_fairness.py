@@ -4,10 +4,14 @@ worker as a real process against loopback receivers that verify every signature.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 from collections import Counter
+from dataclasses import dataclass
+from uuid import UUID
 
 import pytest
+from aiohttp import web
 
 from shared.db import Database
 from shared.webhooks import set_enabled
@@ -252,3 +256,83 @@ async def test_a_claim_never_returns_a_delivery_its_worker_still_holds(
             budgets=budgets,
         )
     assert [d.id for d in again] != [] and held[0].id not in {d.id for d in again}
+
+
+async def test_only_a_fast_endpoint_no_other_worker_holds_is_claimed_beyond_its_cap(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    alone, alone_endpoint = await webhook_project(db, make_project, receiver, "prod")
+    shared, shared_endpoint = await webhook_project(db, make_project, receiver, "prod")
+    await emit_events(db, alone, 30)
+    await emit_events(db, shared, 30)
+    budgets = queue.Budgets.from_config()
+    claim = functools.partial(
+        queue.claim, lease_seconds=60, per_endpoint=4, prefetch=20, budgets=budgets, limit=100
+    )
+
+    def of(claimed: list[queue.ClaimedDelivery], endpoint: UUID) -> list[UUID]:
+        return [d.id for d in claimed if d.endpoint_id == endpoint]
+
+    async with db.as_service() as conn:
+        # Not known to be fast yet: the cap, for both endpoints.
+        first = await claim(conn, worker_id="a", held=[])
+        assert len(of(first, alone_endpoint)) == len(of(first, shared_endpoint)) == 4
+        # Worker b takes some of the shared endpoint's: it counts the cap across workers.
+        released = of(first, shared_endpoint)
+        await queue.release(conn, released[1:], worker_id="a")
+        mine = [*of(first, alone_endpoint), released[0]]
+        theirs = await claim(conn, worker_id="b", held=[], fast=[shared_endpoint])
+        assert len(of(theirs, shared_endpoint)) == 3  # 1 leased by a + 3 = the cap
+        # Both fast now: a holds the endpoint nobody else does deeper, the shared one not at all.
+        deeper = await claim(conn, worker_id="a", held=mine, fast=[alone_endpoint, shared_endpoint])
+    assert len(of(deeper, alone_endpoint)) == 20 - 4
+    assert of(deeper, shared_endpoint) == []
+
+
+@dataclass
+class CountingReceiver(Receiver):
+    """Also counts the requests in flight at once."""
+
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().handle(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_fast_endpoint_is_held_deeper_but_never_has_more_than_its_cap_in_flight(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    total = 200
+    counting = CountingReceiver(delay=0.05)
+    async with serving(counting) as receiver:
+        project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+        worker = start_worker_process(database_url, endpoint_concurrency=4, concurrency=50)
+        processes.append(worker)
+        await emit_events(db, project, total)
+        most_leased = 0
+        while not await _succeeded(db, total):
+            async with db.as_service() as conn:
+                cur = await conn.execute(
+                    "select count(*) as n from public.webhook_deliveries"
+                    " where endpoint_id = %s and leased_by is not null",
+                    (endpoint,),
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            most_leased = max(most_leased, row["n"])
+            await asyncio.sleep(0.02)
+        assert await stop_process(worker) == 0
+
+    assert counting.most_in_flight <= 4
+    assert most_leased > 4, "the fast endpoint was never held beyond its in-flight cap"
+    assert sorted(Counter(receiver.arrived).values()) == [1] * total
+    assert receiver.bad_signatures == []
