@@ -270,8 +270,10 @@ class Dispatcher:
         else:
             self._endpoint_fast.pop(endpoint, None)
             waiting = self._endpoint_waiting.pop(endpoint, None)
-            if waiting:
-                await self._release([delivery.id for delivery, _ in waiting])
+            if waiting and not await self._give_back([d.id for d, _ in waiting]):
+                # Kept (and renewed) rather than left to expire and be counted as lost.
+                waiting.extend(self._endpoint_waiting.pop(endpoint, ()))
+                self._endpoint_waiting[endpoint] = waiting
         waiting = self._endpoint_waiting.get(endpoint)
         if waiting:
             self._todo.put_nowait(waiting.popleft())
@@ -491,14 +493,22 @@ class Dispatcher:
             len(interrupted),
         )
 
-    async def _release(self, ids: list[UUID]) -> None:
+    async def _give_back(self, ids: list[UUID]) -> bool:
+        """Release `ids` unattempted; False if the database could not be reached."""
         if not ids:
-            return
+            return True
         try:
             async with asyncio.timeout(5.0), self._db.as_service() as conn:
                 await queue.release(conn, ids, worker_id=self._worker_id)
-        except (DatabaseUnavailable, TimeoutError) as exc:
-            logger.warning(
-                "could not release {} leases ({}); they expire on their own", len(ids), exc
-            )
+        except (ParityError, TimeoutError) as exc:
+            if isinstance(exc, ParityError) and not is_transient(exc):
+                raise
+            logger.warning("could not release {} leases ({})", len(ids), exc)
+            return False
         self._forget(ids)
+        return True
+
+    async def _release(self, ids: list[UUID]) -> None:
+        if not await self._give_back(ids):
+            logger.warning("{} leases expire on their own", len(ids))
+            self._forget(ids)

@@ -289,6 +289,59 @@ async def test_only_a_fast_endpoint_no_other_worker_holds_is_claimed_beyond_its_
     assert of(deeper, shared_endpoint) == []
 
 
+async def _leased(db: Database, endpoint: UUID) -> int:
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select count(*) as n from public.webhook_deliveries"
+            " where endpoint_id = %s and leased_by is not null",
+            (endpoint,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    leased: int = row["n"]
+    return leased
+
+
+async def test_a_fast_endpoint_that_turns_slow_gives_its_waiting_deliveries_back(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    async with serving(Receiver(delay=0.05), hang_up_with_client=True) as receiver:
+        project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+        await emit_events(db, project, 1)  # one quick answer makes the endpoint "fast"
+        worker = start_worker_process(
+            database_url, endpoint_concurrency=4, request_timeout_seconds=3.0
+        )
+        processes.append(worker)
+        await eventually(lambda: _arrived(receiver, 1), what="the first quick answer")
+        await asyncio.sleep(0.5)
+        receiver.delay = 3_600  # from now on it never answers
+        await emit_events(db, project, 300)
+
+        async def held_deep() -> bool:
+            return await _leased(db, endpoint) > 4
+
+        await eventually(held_deep, what="the fast endpoint held beyond its cap")
+
+        async def given_back() -> bool:
+            return await _leased(db, endpoint) <= 4
+
+        # The first timeout (3 s) gives the waiting ones back; renewals would keep them otherwise.
+        await eventually(given_back, within=20, what="the waiting deliveries given back")
+        assert await stop_process(worker) == 0
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select count(*) filter (where attempts > 1) as over, count(*) as n"
+            " from public.webhook_deliveries where endpoint_id = %s",
+            (endpoint,),
+        )
+        row = await cur.fetchone()
+    # Released unattempted: the attempt counted at claim time was taken back.
+    assert row is not None and row["n"] == 301 and row["over"] == 0
+
+
 @dataclass
 class CountingReceiver(Receiver):
     """Also counts the requests in flight at once."""
@@ -320,15 +373,7 @@ async def test_a_fast_endpoint_is_held_deeper_but_never_has_more_than_its_cap_in
         await emit_events(db, project, total)
         most_leased = 0
         while not await _succeeded(db, total):
-            async with db.as_service() as conn:
-                cur = await conn.execute(
-                    "select count(*) as n from public.webhook_deliveries"
-                    " where endpoint_id = %s and leased_by is not null",
-                    (endpoint,),
-                )
-                row = await cur.fetchone()
-            assert row is not None
-            most_leased = max(most_leased, row["n"])
+            most_leased = max(most_leased, await _leased(db, endpoint))
             await asyncio.sleep(0.02)
         assert await stop_process(worker) == 0
 
