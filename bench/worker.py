@@ -6,8 +6,9 @@
    endpoints as the concurrency (each endpoint may have only WORKER_ENDPOINT_CONCURRENCY requests
    in flight, so one endpoint alone cannot use all the senders, by design); a single-endpoint
    backlog (2,000 per round, a fifth) is measured beside it against the same plain loop.
-   Targets: >= 0.3 of the plain loop (both) and >= 1,500 deliveries/s. The worker runs on uvloop, so the reference that counts does too;
-   the same loop on asyncio's own event loop is reported beside it.
+   Targets: >= 0.3 of the plain loop (both) and >= 1,500 deliveries/s. The worker runs on
+   uvloop, so the reference that counts does too; the same loop on asyncio's own event loop is
+   reported beside it.
 2. Auto-suspend sweep time with 100,000 and 1,000,000 projects and 1,000 violators. Targets:
    <= 1 s each, and the 1M time <= 1.5x the 100k time.
 
