@@ -77,9 +77,9 @@ returning d.id, d.status::text as status
 # a record and a claim; while another worker holds some, the endpoint is limited to
 # `per_endpoint` leased in all. The ranking reads every due delivery (the due index serves the
 # scan; window functions cannot be combined with SKIP LOCKED, so the picks are locked in a second
-# step). Deliveries of disabled endpoints are
-# never claimed, whatever their status says. A claim counts the attempt at once (`attempts + 1`),
-# so an attempt lost with its worker still counts; a release takes it back.
+# step). Deliveries of disabled endpoints are never claimed, whatever their status says. A claim
+# counts the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts; a
+# release takes it back.
 _CLAIM = """
 with budget as (
     select * from unnest(%(environments)s::public.environment[], %(budgets)s::int[])
