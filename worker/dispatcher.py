@@ -2,10 +2,12 @@
 
 Four parts run side by side: the claim loop keeps up to `held_limit` deliveries leased (claiming
 again when half have been recorded; never more than the senders can start before the lease ends),
-`concurrency` senders take them from an in-memory queue and make one attempt each, the recorder
-writes finished attempts in batches (one statement per batch), and the renewer extends the leases
-of everything held, so no delivery this worker holds is ever claimed by another. Waiting is "a
-notification, the poll timer, room for more, or stop", whichever comes first.
+`concurrency` senders take them from an in-memory queue and make one attempt each (at most
+`endpoint_concurrency` to one endpoint at a time: the rest of an endpoint's deliveries wait in
+its own queue and move up as its requests finish, so no sender waits on a busy endpoint), the
+recorder writes finished attempts in batches (one statement per batch), and the renewer extends
+the leases of everything held, so no delivery this worker holds is ever claimed by another.
+Waiting is "a notification, the poll timer, room for more, or stop", whichever comes first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +33,11 @@ from worker.queue import AttemptResult, ClaimedDelivery, Outcome
 from worker.retry import RetryPolicy
 from worker.sender import Response, Sender, webhook_body
 from worker.settings import WorkerSettings
+
+# An endpoint whose last attempt finished within this is "fast": it may be held deeper than its
+# in-flight cap (WORKER_ENDPOINT_PREFETCH) for a minute. A slow or hanging one never is.
+FAST_ATTEMPT_MS = 1_000
+FAST_MEMORY_SECONDS = 60.0
 
 
 @dataclass
@@ -123,6 +131,16 @@ class Dispatcher:
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
+        # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
+        # waiting behind them.
+        self._endpoint_busy: dict[UUID, int] = {}
+        self._endpoint_waiting: dict[UUID, deque[tuple[ClaimedDelivery, str]]] = {}
+        # Endpoints whose last attempt was quick, and when it finished (event loop time).
+        self._endpoint_fast: dict[UUID, float] = {}
+        # Deep enough to refill a fast endpoint between claims, never half the worker's hold.
+        self._prefetch = max(
+            settings.endpoint_concurrency, min(settings.endpoint_prefetch, self._held_limit // 2)
+        )
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -198,6 +216,8 @@ class Dispatcher:
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
                     per_endpoint=self._settings.endpoint_concurrency,
+                    prefetch=self._prefetch,
+                    fast=self._fast_endpoints(),
                     held=held,
                     budgets=self._budgets,
                 )
@@ -221,8 +241,64 @@ class Dispatcher:
         self.stats.claimed += len(claimed)
         for delivery in claimed:
             self._held.add(delivery.id)
-            self._todo.put_nowait((delivery, webhook_body(delivery)))
+            self._enqueue(delivery, webhook_body(delivery))
         return len(claimed)
+
+    def _enqueue(self, delivery: ClaimedDelivery, body: str) -> None:
+        """To the senders if its endpoint has a free slot, else behind the endpoint's others."""
+        endpoint = delivery.endpoint_id
+        busy = self._endpoint_busy.get(endpoint, 0)
+        if busy < self._settings.endpoint_concurrency:
+            self._endpoint_busy[endpoint] = busy + 1
+            self._todo.put_nowait((delivery, body))
+        else:
+            self._endpoint_waiting.setdefault(endpoint, deque()).append((delivery, body))
+
+    def _fast_endpoints(self) -> list[UUID]:
+        """Endpoints that answered quickly within the last minute (older ones are forgotten)."""
+        since = asyncio.get_running_loop().time() - FAST_MEMORY_SECONDS
+        for endpoint in [e for e, at in self._endpoint_fast.items() if at < since]:
+            del self._endpoint_fast[endpoint]
+        return list(self._endpoint_fast)
+
+    async def _slot_freed(self, endpoint: UUID, *, fast: bool) -> None:
+        """An attempt to `endpoint` finished: its next waiting delivery takes the slot. An endpoint
+        that turned slow gives its waiting deliveries back, so they do not keep the worker's room
+        while they wait behind requests that take the whole timeout."""
+        if fast:
+            self._endpoint_fast[endpoint] = asyncio.get_running_loop().time()
+        else:
+            self._endpoint_fast.pop(endpoint, None)
+            waiting = self._endpoint_waiting.pop(endpoint, None)
+            if waiting and not await self._give_back([d.id for d, _ in waiting]):
+                # Kept (and renewed) rather than left to expire and be counted as lost.
+                waiting.extend(self._endpoint_waiting.pop(endpoint, ()))
+                self._endpoint_waiting[endpoint] = waiting
+        waiting = self._endpoint_waiting.get(endpoint)
+        if waiting:
+            self._todo.put_nowait(waiting.popleft())
+            if not waiting:
+                del self._endpoint_waiting[endpoint]
+            return
+        busy = self._endpoint_busy.get(endpoint, 0) - 1
+        if busy > 0:
+            self._endpoint_busy[endpoint] = busy
+        else:
+            self._endpoint_busy.pop(endpoint, None)
+
+    def _drop_waiting(self, ids: set[UUID]) -> None:
+        """Forget waiting deliveries that moved on in the database (cancelled with their endpoint):
+        sending them would reach a receiver that is disabled."""
+        dropped: list[UUID] = []
+        for endpoint, waiting in list(self._endpoint_waiting.items()):
+            stay = deque(item for item in waiting if item[0].id not in ids)
+            dropped += [delivery.id for delivery, _ in waiting if delivery.id in ids]
+            if stay:
+                self._endpoint_waiting[endpoint] = stay
+            else:
+                del self._endpoint_waiting[endpoint]
+        if dropped:
+            self._forget(dropped)
 
     def _database_failed(self, doing: str, exc: ParityError) -> None:
         if isinstance(exc, DatabaseUnavailable):
@@ -255,6 +331,7 @@ class Dispatcher:
                 self._database_failed("renewing leases", exc)
                 continue
             self._outage.ok()
+            self._drop_waiting(set(ids) - kept)
             gone = [i for i in ids if i not in kept and i in self._held]
             if gone:
                 # Cancelled meanwhile (endpoint disabled) or settled by another worker after an
@@ -275,6 +352,8 @@ class Dispatcher:
                 if not self._inflight:
                     self._idle.set()
             self._finished(delivery, response)
+            fast = response.duration_ms < FAST_ATTEMPT_MS
+            await self._slot_freed(delivery.endpoint_id, fast=fast)
 
     def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
         result = classify(delivery, response, self._policies[delivery.environment])
@@ -331,6 +410,11 @@ class Dispatcher:
                 continue
             self._outage.ok()
             self._forget(r.delivery_id for r in batch)
+            for result in batch:
+                if result.disables_endpoint and result.delivery_id in recorded.applied:
+                    # Disabled: its pending deliveries are cancelled, its waiting ones too.
+                    waiting = self._endpoint_waiting.get(result.endpoint_id, ())
+                    self._drop_waiting({delivery.id for delivery, _ in waiting})
             self.stats.recorded += len(recorded.logged)
             moved_on = len(batch) - len(recorded.applied)
             if moved_on:
@@ -359,6 +443,9 @@ class Dispatcher:
         while not self._todo.empty():
             delivery, _ = self._todo.get_nowait()
             unsent.append(delivery.id)
+        for waiting in self._endpoint_waiting.values():
+            unsent += [delivery.id for delivery, _ in waiting]
+        self._endpoint_waiting.clear()
         await self._release(unsent)
         grace = self._settings.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):
@@ -406,14 +493,22 @@ class Dispatcher:
             len(interrupted),
         )
 
-    async def _release(self, ids: list[UUID]) -> None:
+    async def _give_back(self, ids: list[UUID]) -> bool:
+        """Release `ids` unattempted; False if the database could not be reached."""
         if not ids:
-            return
+            return True
         try:
             async with asyncio.timeout(5.0), self._db.as_service() as conn:
                 await queue.release(conn, ids, worker_id=self._worker_id)
-        except (DatabaseUnavailable, TimeoutError) as exc:
-            logger.warning(
-                "could not release {} leases ({}); they expire on their own", len(ids), exc
-            )
+        except (ParityError, TimeoutError) as exc:
+            if isinstance(exc, ParityError) and not is_transient(exc):
+                raise
+            logger.warning("could not release {} leases ({})", len(ids), exc)
+            return False
         self._forget(ids)
+        return True
+
+    async def _release(self, ids: list[UUID]) -> None:
+        if not await self._give_back(ids):
+            logger.warning("{} leases expire on their own", len(ids))
+            self._forget(ids)

@@ -71,10 +71,15 @@ returning d.id, d.status::text as status
 # (any worker's, plus what this worker still holds) count against `per_endpoint`, and the picks
 # are taken rank by rank across endpoints (every endpoint's first, then every endpoint's second...),
 # so one endpoint's backlog, or an endpoint that never answers, takes at most its share of the
-# workers. The ranking reads every due delivery (the due index serves the scan; window functions
-# cannot be combined with SKIP LOCKED, so the picks are locked in a second step). Deliveries of
-# disabled endpoints are never claimed, whatever their status says. A claim counts the attempt at
-# once (`attempts + 1`), so an attempt lost with its worker still counts; a release takes it back.
+# workers. A `fast` endpoint (its last attempt answered quickly) none of whose deliveries another
+# worker holds may be held deeper, up to `prefetch`: the worker keeps at most `per_endpoint` of
+# them in flight and the rest queued in memory, so a fast endpoint is refilled without waiting for
+# a record and a claim; while another worker holds some, the endpoint is limited to
+# `per_endpoint` leased in all. The ranking reads every due delivery (the due index serves the
+# scan; window functions cannot be combined with SKIP LOCKED, so the picks are locked in a second
+# step). Deliveries of disabled endpoints are never claimed, whatever their status says. A claim
+# counts the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts; a
+# release takes it back.
 _CLAIM = """
 with budget as (
     select * from unnest(%(environments)s::public.environment[], %(budgets)s::int[])
@@ -82,13 +87,16 @@ with budget as (
 ), pending as (
     select d.id, d.endpoint_id, d.next_attempt_at, d.environment, d.attempts, d.retry_base,
            d.leased_by is null as clean,
-           coalesce(d.lease_expires_at >= now(), false) or d.id = any(%(held)s::uuid[]) as leased
+           coalesce(d.lease_expires_at >= now(), false) or d.id = any(%(held)s::uuid[]) as leased,
+           coalesce(d.leased_by = %(worker_id)s, false) or d.id = any(%(held)s::uuid[]) as ours
       from public.webhook_deliveries as d
      where d.status = 'pending'
        and d.next_attempt_at <= now()
 ), ranked as (
     select p.*,
-           count(*) filter (where p.leased) over (partition by p.endpoint_id) as in_flight,
+           count(*) filter (where p.leased and p.ours) over (partition by p.endpoint_id) as mine,
+           count(*) filter (where p.leased and not p.ours) over (partition by p.endpoint_id)
+               as theirs,
            row_number() over (partition by p.endpoint_id, p.leased
                               order by p.next_attempt_at, p.id) as position
       from pending as p
@@ -99,7 +107,10 @@ with budget as (
       left join budget as b on b.environment = r.environment
      where not r.leased
        and r.clean
-       and r.in_flight + r.position <= %(per_endpoint)s
+       and (r.mine + r.theirs + r.position <= %(per_endpoint)s
+            or (r.theirs = 0
+                and r.endpoint_id = any(%(fast)s::uuid[])
+                and r.mine + r.position <= %(prefetch)s))
        and (b.attempts is null or r.attempts - r.retry_base < b.attempts)
      order by r.position, r.next_attempt_at
      limit %(limit)s
@@ -296,9 +307,12 @@ async def claim(
     per_endpoint: int,
     held: Sequence[UUID],
     budgets: Budgets,
+    prefetch: int | None = None,
+    fast: Sequence[UUID] = (),
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries to `worker_id`, at most `per_endpoint` leased per
-    endpoint, never one of `held`. Commit before sending them."""
+    endpoint (up to `prefetch` of a `fast` endpoint no other worker holds any of; the caller keeps
+    at most `per_endpoint` of them in flight), never one of `held`. Commit before sending them."""
     cur = await conn.execute(
         _CLAIM,
         {
@@ -306,7 +320,9 @@ async def claim(
             "limit": limit,
             "lease_seconds": lease_seconds,
             "per_endpoint": per_endpoint,
+            "prefetch": max(per_endpoint, prefetch or per_endpoint),
             "held": list(held),
+            "fast": list(fast),
             **budgets.params(),
         },
     )

@@ -67,6 +67,15 @@ class WorkerSettings(BaseSettings):
         description="Requests in flight to one endpoint, across all workers: a slow or hanging"
         " endpoint takes at most this share, never the whole worker.",
     )
+    endpoint_prefetch: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Deliveries of one fast endpoint (its last attempt took under a second) a"
+        " worker may hold while no other worker holds any of that endpoint's: queued in memory,"
+        " at most WORKER_ENDPOINT_CONCURRENCY of them in flight, so its next request never waits"
+        " for a database round trip. Cut to half the held limit.",
+    )
     connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Time allowed to connect to a receiver."
     )
@@ -131,6 +140,11 @@ class WorkerSettings(BaseSettings):
             problems.append(
                 "WORKER_HEARTBEAT_RETENTION_SECONDS must be at least"
                 " WORKER_HEARTBEAT_MAX_AGE_SECONDS"
+            )
+        if self.endpoint_prefetch < self.endpoint_concurrency:
+            problems.append(
+                "WORKER_ENDPOINT_PREFETCH cannot be below WORKER_ENDPOINT_CONCURRENCY"
+                f" ({self.endpoint_prefetch} < {self.endpoint_concurrency})"
             )
         if any(wait < 0 for wait in self.retry_schedule_seconds):
             problems.append("WORKER_RETRY_SCHEDULE_SECONDS: waits cannot be negative")

@@ -4,10 +4,14 @@ worker as a real process against loopback receivers that verify every signature.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 from collections import Counter
+from dataclasses import dataclass
+from uuid import UUID
 
 import pytest
+from aiohttp import web
 
 from shared.db import Database
 from shared.webhooks import set_enabled
@@ -252,3 +256,128 @@ async def test_a_claim_never_returns_a_delivery_its_worker_still_holds(
             budgets=budgets,
         )
     assert [d.id for d in again] != [] and held[0].id not in {d.id for d in again}
+
+
+async def test_only_a_fast_endpoint_no_other_worker_holds_is_claimed_beyond_its_cap(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    alone, alone_endpoint = await webhook_project(db, make_project, receiver, "prod")
+    shared, shared_endpoint = await webhook_project(db, make_project, receiver, "prod")
+    await emit_events(db, alone, 30)
+    await emit_events(db, shared, 30)
+    budgets = queue.Budgets.from_config()
+    claim = functools.partial(
+        queue.claim, lease_seconds=60, per_endpoint=4, prefetch=20, budgets=budgets, limit=100
+    )
+
+    def of(claimed: list[queue.ClaimedDelivery], endpoint: UUID) -> list[UUID]:
+        return [d.id for d in claimed if d.endpoint_id == endpoint]
+
+    async with db.as_service() as conn:
+        # Not known to be fast yet: the cap, for both endpoints.
+        first = await claim(conn, worker_id="a", held=[])
+        assert len(of(first, alone_endpoint)) == len(of(first, shared_endpoint)) == 4
+        # Worker b takes some of the shared endpoint's: it counts the cap across workers.
+        released = of(first, shared_endpoint)
+        await queue.release(conn, released[1:], worker_id="a")
+        mine = [*of(first, alone_endpoint), released[0]]
+        theirs = await claim(conn, worker_id="b", held=[], fast=[shared_endpoint])
+        assert len(of(theirs, shared_endpoint)) == 3  # 1 leased by a + 3 = the cap
+        # Both fast now: a holds the endpoint nobody else does deeper, the shared one not at all.
+        deeper = await claim(conn, worker_id="a", held=mine, fast=[alone_endpoint, shared_endpoint])
+    assert len(of(deeper, alone_endpoint)) == 20 - 4
+    assert of(deeper, shared_endpoint) == []
+
+
+async def _leased(db: Database, endpoint: UUID) -> int:
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select count(*) as n from public.webhook_deliveries"
+            " where endpoint_id = %s and leased_by is not null",
+            (endpoint,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    leased: int = row["n"]
+    return leased
+
+
+async def test_a_fast_endpoint_that_turns_slow_gives_its_waiting_deliveries_back(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    async with serving(Receiver(delay=0.05), hang_up_with_client=True) as receiver:
+        project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+        await emit_events(db, project, 1)  # one quick answer makes the endpoint "fast"
+        worker = start_worker_process(
+            database_url, endpoint_concurrency=4, request_timeout_seconds=3.0
+        )
+        processes.append(worker)
+        await eventually(lambda: _arrived(receiver, 1), what="the first quick answer")
+        await asyncio.sleep(0.5)
+        receiver.delay = 3_600  # from now on it never answers
+        await emit_events(db, project, 300)
+
+        async def held_deep() -> bool:
+            return await _leased(db, endpoint) > 4
+
+        await eventually(held_deep, what="the fast endpoint held beyond its cap")
+
+        async def given_back() -> bool:
+            return await _leased(db, endpoint) <= 4
+
+        # The first timeout (3 s) gives the waiting ones back; renewals would keep them otherwise.
+        await eventually(given_back, within=20, what="the waiting deliveries given back")
+        assert await stop_process(worker) == 0
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select count(*) filter (where attempts > 1) as over, count(*) as n"
+            " from public.webhook_deliveries where endpoint_id = %s",
+            (endpoint,),
+        )
+        row = await cur.fetchone()
+    # Released unattempted: the attempt counted at claim time was taken back.
+    assert row is not None and row["n"] == 301 and row["over"] == 0
+
+
+@dataclass
+class CountingReceiver(Receiver):
+    """Also counts the requests in flight at once."""
+
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().handle(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_fast_endpoint_is_held_deeper_but_never_has_more_than_its_cap_in_flight(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    total = 200
+    counting = CountingReceiver(delay=0.05)
+    async with serving(counting) as receiver:
+        project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+        worker = start_worker_process(database_url, endpoint_concurrency=4, concurrency=50)
+        processes.append(worker)
+        await emit_events(db, project, total)
+        most_leased = 0
+        while not await _succeeded(db, total):
+            most_leased = max(most_leased, await _leased(db, endpoint))
+            await asyncio.sleep(0.02)
+        assert await stop_process(worker) == 0
+
+    assert counting.most_in_flight <= 4
+    assert most_leased > 4, "the fast endpoint was never held beyond its in-flight cap"
+    assert sorted(Counter(receiver.arrived).values()) == [1] * total
+    assert receiver.bad_signatures == []
