@@ -93,20 +93,23 @@ $$;
 -- A constant default is stored in the catalog, not written into each row: adding these columns
 -- rewrites nothing and holds ACCESS EXCLUSIVE only for the catalog change. Existing projects become
 -- prod, and new ones are prod unless they say otherwise.
-alter table public.projects
-    add column environment public.environment not null default 'prod';
-comment on column public.projects.environment is
-    'prod, dev or staging. Decides rate-limit multiplier, auto-suspend, log level and webhook '
-    'retries. Cannot change while the project has active API keys.';
 
--- Every project is prod at this point, so every existing key is prod too: the same metadata-only
--- step fills them (no UPDATE of existing rows). Dropping the default afterwards keeps the value of
--- existing rows and makes every new key state its environment.
+-- api_keys before projects: the gateway's key lookup reads them in that order, and taking the
+-- locks the other way round can deadlock with a lookup in flight (the lookup then fails).
+-- Every existing project becomes prod (below), so every existing key is prod too: the same
+-- metadata-only step fills them (no UPDATE of existing rows). Dropping the default afterwards keeps
+-- the value of existing rows and makes every new key state its environment.
 alter table public.api_keys
     add column environment public.environment not null default 'prod';
 alter table public.api_keys alter column environment drop default;
 comment on column public.api_keys.environment is
     'Must equal the project''s environment; enforced on every write and again by the gateway.';
+
+alter table public.projects
+    add column environment public.environment not null default 'prod';
+comment on column public.projects.environment is
+    'prod, dev or staging. Decides rate-limit multiplier, auto-suspend, log level and webhook '
+    'retries. Cannot change while the project has active API keys.';
 
 -- No index on active keys here: building one on a big api_keys would hold this migration's lock
 -- for the whole build. The PE002 check counts a project's keys through api_keys_project_id_idx.
