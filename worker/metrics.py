@@ -53,7 +53,8 @@ ATTEMPTS = Counter(
 )
 DELIVERIES = Gauge(
     "parity_webhook_deliveries",
-    "Pending webhook deliveries: due (waiting), in_flight (leased by a worker: being sent or held to be sent next) or scheduled (a later retry).",
+    "Pending webhook deliveries: due (waiting), in_flight (leased by a worker: being sent or"
+    " held to be sent next) or scheduled (a later retry).",
     ["environment", "state"],
 )
 OLDEST_DUE = Gauge(
