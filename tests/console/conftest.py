@@ -4,7 +4,11 @@ served by uvicorn on a free loopback port for the browser and the schema run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -166,3 +170,50 @@ def json_server(answer: JsonAnswer) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def console_env(**extra: str) -> dict[str, str]:
+    """The environment for a `python -m console` process: this machine's, without any console,
+    platform or Supabase setting a developer may have exported, plus `extra`."""
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONSOLE_", "PARITY_", "SUPABASE_")) and k != "DATABASE_URL"
+    }
+    return {**keep, **extra}
+
+
+@dataclass
+class ConsoleProcess:
+    """A running `python -m console`; its output is filled in once it has stopped."""
+
+    base: str
+    process: subprocess.Popen[bytes]
+    stdout: str = ""
+    stderr: str = ""
+
+
+@contextmanager
+def running_console(env: dict[str, str]) -> Iterator[ConsoleProcess]:
+    """`python -m console` on a free loopback port, answering `/healthz`; SIGTERM at the end."""
+    with free_port_socket() as sock:
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "console", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    running = ConsoleProcess(f"http://127.0.0.1:{port}", process)
+    try:
+        for _ in range(STARTUP_POLLS):
+            try:
+                if httpx.get(f"{running.base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=15)
+        running.stdout, running.stderr = out.decode(), err.decode()

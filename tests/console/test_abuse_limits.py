@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -24,8 +20,12 @@ from console.app import create_app
 from console.settings import ConsoleSettings
 from shared.db import Database
 from shared.settings import PlatformSettings
-from tests.console.conftest import STARTUP_POLLS, TEST_SECRET, free_port_socket, serve
-from tests.console.test_sessions import console_env
+from tests.console.conftest import (
+    TEST_SECRET,
+    console_env,
+    running_console,
+    serve,
+)
 
 PASSWORD = "correct horse battery"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -157,26 +157,9 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(served_console: s
 @pytest.fixture
 def console_process(database_url: str) -> Iterator[tuple[str, int]]:
     """`python -m console` on loopback (a local run), as deployed, with a small body cap."""
-    with free_port_socket() as sock:
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "console", "--host", "127.0.0.1", "--port", str(port)],
-        env=console_env(DATABASE_URL=database_url, CONSOLE_MAX_BODY_BYTES=str(1024 * 1024)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(STARTUP_POLLS):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.02)
-        yield base, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
+    env = console_env(DATABASE_URL=database_url, CONSOLE_MAX_BODY_BYTES=str(1024 * 1024))
+    with running_console(env) as console:
+        yield console.base, console.process.pid
 
 
 def rss_kib(pid: int) -> int:

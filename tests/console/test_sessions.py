@@ -34,7 +34,7 @@ from console.settings import (
 from shared.db import Database
 from shared.settings import PlatformSettings
 from tests.conftest import MakeUser
-from tests.console.conftest import TEST_SECRET, json_server, serve
+from tests.console.conftest import TEST_SECRET, console_env, json_server, serve
 from tests.console.test_browser import CHROMIUM_ARGS, DEFAULT_CHROMIUM
 
 PASSWORD = "correct horse battery"
@@ -51,15 +51,6 @@ def user_claims(user_id: Any, **overrides: Any) -> dict[str, Any]:
         "exp": now + 600,
         **overrides,
     }
-
-
-def console_env(**extra: str) -> dict[str, str]:
-    keep = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CONSOLE_", "PARITY_", "SUPABASE_")) and k != "DATABASE_URL"
-    }
-    return {**keep, **extra}
 
 
 # Starting, or refusing to ------------------------------------------------------------------------
