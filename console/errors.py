@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from console.auth import CsrfFailed, Unauthenticated
-from console.signin import TooManySignIns
+from console.signin import SignInUnavailable, TooManySignIns
 from shared.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -27,6 +27,7 @@ _STATUS: Final[tuple[tuple[type[ParityError], int], ...]] = (
     (EnvironmentMismatch, 409),
     (PermissionDenied, 403),
     (DatabaseUnavailable, 503),
+    (SignInUnavailable, 503),
 )
 
 

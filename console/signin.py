@@ -8,6 +8,7 @@ import math
 import time
 from typing import Any, Final, Protocol
 
+from coredis.exceptions import RedisError as CoredisError
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -33,6 +34,12 @@ class TooManySignIns(ParityError):
             hint="the wait is in the Retry-After header",
         )
         self.retry_after = retry_after
+
+
+class SignInUnavailable(ParityError):
+    """Sign-in is unavailable: the attempt counter (Redis) cannot be reached. Try again shortly."""
+
+    code = "SIGN_IN_UNAVAILABLE"
 
 
 class SignIn(Protocol):
@@ -130,8 +137,17 @@ class SignInThrottle:
             (self._per_account, ("signin-account", self._account(email))),
         )
         for item, keys in checks:
-            if not await self._limiter.hit(item, *keys):
-                stats = await self._limiter.get_window_stats(item, *keys)
+            try:
+                allowed = await self._limiter.hit(item, *keys)
+                stats = None if allowed else await self._limiter.get_window_stats(item, *keys)
+            except CoredisError as exc:
+                # Without the counter no attempt is allowed (an outage must not lift the limit);
+                # the caller gets a clear 503 at once, not a 500.
+                raise SignInUnavailable(
+                    "sign-in is unavailable: its attempt counter cannot be reached",
+                    hint="try again in a few seconds",
+                ) from exc
+            if stats is not None:
                 raise TooManySignIns(max(1, math.ceil(stats.reset_time - time.time())))
 
 

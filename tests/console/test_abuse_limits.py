@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -23,6 +24,7 @@ from shared.settings import PlatformSettings
 from tests.console.conftest import (
     TEST_SECRET,
     console_env,
+    free_port_socket,
     running_console,
     serve,
 )
@@ -111,6 +113,21 @@ async def test_replicas_share_the_counts_in_redis(database_url: str, db: Databas
         for n in range(6)
     ]
     assert statuses == [401] * 4 + [429] * 2
+
+
+async def test_an_unreachable_counter_refuses_sign_in_at_once_with_503(
+    database_url: str, db: Database
+) -> None:
+    """Without its attempt counter the console allows no attempt (an outage must not lift the
+    limit) and says so at once: 503 SIGN_IN_UNAVAILABLE, not a 500 or a hang."""
+    with free_port_socket() as sock:  # a port nothing listens on: Redis is down
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    app = app_with(database_url, db, redis_url=dead, allow_signup=True)
+    started = time.perf_counter()
+    response = await post_token(app, "ada@example.com", PASSWORD, "10.8.0.1")
+    assert time.perf_counter() - started < 5
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "SIGN_IN_UNAVAILABLE"
 
 
 # Request bodies ----------------------------------------------------------------------------------
