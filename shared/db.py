@@ -137,10 +137,22 @@ class Database:
         await self.close()
 
     @asynccontextmanager
-    async def as_service(self) -> AsyncIterator[Connection]:
-        """A transaction as `service_role`: sees every row, bypassing RLS."""
+    async def as_service(
+        self, settings: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Connection]:
+        """A transaction as `service_role`: sees every row, bypassing RLS. `settings` are set for
+        the transaction only, in the same round trip as the role."""
         async with self._transaction() as conn:
-            await conn.execute("set local role service_role")
+            if settings:
+                names = ["role", *settings]
+                values = ["service_role", *settings.values()]
+                await conn.execute(
+                    "select set_config(name, value, true)"
+                    " from unnest(%s::text[], %s::text[]) as s(name, value)",
+                    (names, values),
+                )
+            else:
+                await conn.execute("set local role service_role")
             yield conn
 
     @asynccontextmanager

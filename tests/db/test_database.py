@@ -41,6 +41,18 @@ async def test_role_and_claims_do_not_outlive_the_transaction(
         assert row["uid"] is None
 
 
+async def test_service_settings_hold_for_their_transaction_only(db: Database) -> None:
+    query = "select current_user as who, current_setting('work_mem') as work_mem"
+    async with db.pool.connection() as conn:
+        before = await (await conn.execute(query)).fetchone()
+    async with db.as_service({"work_mem": "7MB"}) as conn:
+        during = await (await conn.execute(query)).fetchone()
+    async with db.pool.connection() as conn:
+        after = await (await conn.execute(query)).fetchone()
+    assert during == {"who": "service_role", "work_mem": "7MB"}
+    assert before == after and before is not None and before["work_mem"] != "7MB"
+
+
 async def test_a_user_cannot_create_a_key_in_someone_elses_project(
     db: Database, make_user: MakeUser
 ) -> None:

@@ -381,3 +381,43 @@ async def test_a_fast_endpoint_is_held_deeper_but_never_has_more_than_its_cap_in
     assert most_leased > 4, "the fast endpoint was never held beyond its in-flight cap"
     assert sorted(Counter(receiver.arrived).values()) == [1] * total
     assert receiver.bad_signatures == []
+
+
+async def test_a_claim_reads_the_same_beside_a_small_or_a_large_backlog_of_another_tenant(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    """The claim walks the endpoints with work and reads a few rows of each, never a backlog:
+    the buffers it touches (counted by Postgres, not timed) hardly change whether another
+    project has 200 or 10,000 deliveries queued."""
+    big, _ = await webhook_project(db, make_project, receiver, "prod")
+    small, _ = await webhook_project(db, make_project, receiver, "prod")
+    [waiting] = await emit_events(db, small)
+    touched: list[int] = []
+    queued = 0
+    for backlog in (200, 10_000):
+        await emit_events(db, big, backlog - queued)
+        queued = backlog
+        async with db.as_service() as conn:
+            await conn.execute("analyze public.webhook_deliveries")
+        statement, params = queue.claim_statement(
+            worker_id="w", limit=200, lease_seconds=60, per_endpoint=4, held=[],
+            budgets=queue.Budgets.from_config(),
+        )  # fmt: skip
+        async with db.as_service(queue.CLAIM_SETTINGS) as conn:
+            cur = await conn.execute(f"explain (analyze, buffers, format json) {statement}", params)
+            row = await cur.fetchone()
+            assert row is not None
+            plan = row["QUERY PLAN"][0]["Plan"]
+            await conn.execute("rollback")  # the claim leased nothing, for the next round
+        # The big project's endpoint gives its 4, the small project's delivery comes beside them.
+        assert plan["Actual Rows"] == 5
+        touched.append(plan["Shared Hit Blocks"] + plan["Shared Read Blocks"])
+    # Index descents grow with the log of the table; reading the backlog would touch every one
+    # of its pages (over 10,000 buffers here).
+    assert touched[1] < 2 * touched[0], f"buffers touched beside 200 and 10,000: {touched}"
+    async with db.as_service() as conn:
+        claimed = await queue.claim(
+            conn, worker_id="w", limit=200, lease_seconds=60, per_endpoint=4, held=[],
+            budgets=queue.Budgets.from_config(),
+        )  # fmt: skip
+    assert waiting in {d.id for d in claimed} and len(claimed) == 5
