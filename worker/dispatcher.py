@@ -1,7 +1,8 @@
 """Webhook dispatch: claim due deliveries, send them with bounded concurrency, record the results.
 
-Four parts run side by side: the claim loop keeps up to `held_limit` deliveries leased (claiming
-again when half have been recorded; never more than the senders can start before the lease ends),
+Four parts run side by side: the claim loop keeps up to `held_limit` deliveries leased and not yet
+attempted or in flight (claiming again when a quarter of that is free; never more than the senders
+can start before the lease ends),
 `concurrency` senders take them from an in-memory queue and make one attempt each (at most
 `endpoint_concurrency` to one endpoint at a time: the rest of an endpoint's deliveries wait in
 its own queue and move up as its requests finish, so no sender waits on a busy endpoint), the
@@ -129,6 +130,7 @@ class Dispatcher:
         # After a database error: short, since the pool replaces dead connections by itself.
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
+        self._unrecorded = 0  # of those, attempts finished and waiting for the recorder
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
@@ -180,9 +182,13 @@ class Dispatcher:
                 if helper.done():  # a sender or the recorder died: surface its exception
                     helper.result()
                     raise RuntimeError(f"{helper.get_name()} stopped")
-            room = batch - len(self._held)
+            # Room is for deliveries still to start: attempts that finished and wait for the
+            # recorder are held (and renewed) too, but need no sender, so they do not hold back
+            # the next claim (twice the batch is the most held at once). Claiming when a quarter
+            # is free keeps the senders fed while a claim is on its way.
+            room = min(batch - (len(self._held) - self._unrecorded), 2 * batch - len(self._held))
             self._room.clear()
-            if room < max(1, batch // 2) and self._held:
+            if room < max(1, batch // 4) and self._held:
                 await wait_any(self._room, stop)
                 continue
             self._wake.clear()  # before claiming: a notification arriving meanwhile is kept
@@ -204,7 +210,7 @@ class Dispatcher:
         # Lost attempts are rare (a worker died): looking for them once a second is plenty.
         settle = loop.time() >= self._next_settle
         try:
-            async with self._db.as_service() as conn:
+            async with self._db.as_service(queue.CLAIM_SETTINGS) as conn:
                 settled = (
                     await queue.settle_lost(conn, held=held, budgets=self._budgets)
                     if settle
@@ -372,7 +378,9 @@ class Dispatcher:
                 result.outcome,
             )
         self._results.append(result)
+        self._unrecorded += 1
         self._results_ready.set()
+        self._room.set()
 
     # Recorder -------------------------------------------------------------------------------------
 
@@ -409,6 +417,7 @@ class Dispatcher:
                 await asyncio.sleep(self._retry_pause)
                 continue
             self._outage.ok()
+            self._unrecorded -= len(batch)
             self._forget(r.delivery_id for r in batch)
             for result in batch:
                 if result.disables_endpoint and result.delivery_id in recorded.applied:

@@ -72,16 +72,24 @@ AUTOSUSPEND_ACTIONS = Counter(
     ["environment", "action"],
 )
 
+# Every series exists from the start (a scrape shows zeros, not gaps); the attempt counters are
+# looked up once here, since `labels()` costs more than the increment on the delivery path.
+_ATTEMPT_COUNTERS: Final = {
+    (env, outcome): ATTEMPTS.labels(env.value, label)
+    for env in Environment
+    for outcome, label in ATTEMPT_OUTCOMES.items()
+}
 for _env in Environment:
-    for _outcome in ATTEMPT_OUTCOMES.values():
-        ATTEMPTS.labels(_env.value, _outcome)
     for _action in ("suspended", "cap_exceeded"):
         AUTOSUSPEND_ACTIONS.labels(_env.value, _action)
 
 
 def count_attempt(environment: Environment, outcome: str) -> None:
     """One HTTP attempt finished with the delivery `outcome` it leads to."""
-    ATTEMPTS.labels(environment.value, ATTEMPT_OUTCOMES.get(outcome, "failed")).inc()
+    counter = _ATTEMPT_COUNTERS.get((environment, outcome))
+    if counter is None:
+        counter = _ATTEMPT_COUNTERS[environment, "pending"]
+    counter.inc()
 
 
 def count_sweep_actions(*, suspended: Iterable[Environment], warned: Iterable[Environment]) -> None:

@@ -154,7 +154,8 @@ class WorkerSettings(BaseSettings):
 
     @property
     def held_limit(self) -> int:
-        """Deliveries held at once: the batch, cut to what the senders can start before the
-        lease ends even if every request takes the whole timeout (leases are also renewed)."""
+        """Deliveries held at once that are queued or in flight: the batch, cut to what the
+        senders can start before the lease ends even if every request takes the whole timeout
+        (leases are also renewed). Finished attempts waiting for the recorder come on top."""
         rounds = max(1, int(self.lease_seconds // self.request_timeout_seconds))
         return min(self.batch_size, self.concurrency * rounds)
