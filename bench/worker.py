@@ -9,7 +9,10 @@
    Targets: >= 0.3 of the plain loop (both) and >= 1,500 deliveries/s. The worker runs on
    uvloop, so the reference that counts does too; the same loop on asyncio's own event loop is
    reported beside it.
-2. Auto-suspend sweep time with 100,000 and 1,000,000 projects and 1,000 violators. Targets:
+2. Claim time beside a backlog: one tenant has 10,000 and then 1,000,000 deliveries queued to one
+   endpoint, another tenant one delivery; a claim must cost about the same either way (the claim
+   walks endpoints with work, not the backlog). Target: the 1M claim <= 1.5x the 10k claim.
+3. Auto-suspend sweep time with 100,000 and 1,000,000 projects and 1,000 violators. Targets:
    <= 1 s each, and the 1M time <= 1.5x the 100k time.
 
 Each part runs in a dedicated, freshly migrated benchmark database that is dropped afterwards.
@@ -39,6 +42,7 @@ from ops import database
 from shared.db import Database
 from shared.environment import Environment
 from shared.logging import configure_logging
+from worker import queue
 from worker.app import sweep
 from worker.queue import ClaimedDelivery
 from worker.sender import webhook_body
@@ -130,11 +134,13 @@ def _scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> An
     return row[0]
 
 
-def seed_endpoint(url: str, receiver_url: str, endpoints: int = 1) -> UUID:
+def seed_endpoint(
+    url: str, receiver_url: str, endpoints: int = 1, *, owner_email: str = "b@example.com"
+) -> UUID:
     """A project with `endpoints` endpoints, all at `receiver_url`: each event fans out to all."""
     with psycopg.connect(url, autocommit=True) as conn:
         owner = _scalar(
-            conn, "insert into auth.users (email) values ('b@example.com') returning id"
+            conn, "insert into auth.users (email) values (%s) returning id", (owner_email,)
         )
         project: UUID = _scalar(
             conn,
@@ -180,8 +186,11 @@ def worker_round(url: str, project: UUID, count: int, endpoints: int = 1) -> flo
             conn.execute("analyze public.webhook_deliveries")
         # The insert's own time (and the fan-out trigger's) is not the worker's: start after it.
         started = time.perf_counter()
+        # Whether any is left, not how many: counting the backlog every 20 ms would take CPU
+        # from the worker it measures (over a second of Postgres time per 10,000 deliveries).
         while _scalar(
-            conn, "select count(*) from public.webhook_deliveries where status = 'pending'"
+            conn,
+            "select exists (select from public.webhook_deliveries where status = 'pending')",
         ):
             time.sleep(0.02)
         return (count // endpoints * endpoints) / (time.perf_counter() - started)
@@ -237,6 +246,79 @@ def bench_deliveries(count: int, rounds: int, concurrency: int) -> dict[str, flo
         "single_ratio": statistics.median(single_rates) / plain_rate,
         "endpoints": endpoints,
     }
+
+
+# Claims beside a backlog --------------------------------------------------------------------------
+
+
+def grow_backlog(url: str, project: UUID, target: int) -> None:
+    """Pending deliveries of `project` (one endpoint) up to `target`, written in bulk: events with
+    the fan-out trigger off (a benchmark shortcut), then one delivery per event."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = _scalar(conn, "select count(*) from public.events where project_id = %s", (project,))
+        with conn.transaction():
+            conn.execute("set local session_replication_role = replica")
+            conn.execute(
+                "insert into public.events (project_id, type, payload)"
+                " select %s, 'bench.backlog', jsonb_build_object('n', g)"
+                " from generate_series(%s::int, %s::int) g",
+                (project, have + 1, target),
+            )
+        conn.execute(
+            "insert into public.webhook_deliveries"
+            " (event_id, endpoint_id, project_id, environment)"
+            " select e.id, w.id, e.project_id, 'prod'"
+            " from public.events e join public.webhook_endpoints w on w.project_id = e.project_id"
+            " where e.project_id = %s and e.type = 'bench.backlog'"
+            " on conflict do nothing",
+            (project,),
+        )
+        conn.execute("vacuum analyze public.events, public.webhook_deliveries")
+
+
+async def timed_claims(url: str, rounds: int) -> tuple[float, int]:
+    """Median time of a claim (rolled back, so each sees the same queue), and what it took."""
+    times: list[float] = []
+    taken = 0
+    async with Database(url, min_size=1, max_size=1) as db:
+        for _ in range(rounds):
+            # The worker's own claim transaction, rolled back (psycopg.Rollback ends it quietly).
+            async with db.as_service(queue.CLAIM_SETTINGS) as conn:
+                started = time.perf_counter()
+                claimed = await queue.claim(
+                    conn,
+                    worker_id="bench",
+                    limit=200,
+                    lease_seconds=60,
+                    per_endpoint=4,
+                    held=[],
+                    budgets=queue.Budgets.from_config(),
+                )
+                times.append(time.perf_counter() - started)
+                taken = len(claimed)
+                raise psycopg.Rollback()
+    return statistics.median(times), taken
+
+
+def bench_claims(sizes: list[int], rounds: int) -> dict[int, float]:
+    """Median claim time per backlog size: the big tenant's endpoint gives its 4, the small
+    tenant's delivery is taken beside them."""
+    times: dict[int, float] = {}
+    with bench_database("parity_bench_claims") as url:
+        big = seed_endpoint(url, "http://127.0.0.1:9/big")
+        small = seed_endpoint(url, "http://127.0.0.1:9/small", owner_email="s@example.com")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "insert into public.events (project_id, type, payload)"
+                " values (%s, 'bench.ping', '{}')",
+                (small,),
+            )
+        for size in sizes:
+            grow_backlog(url, big, size)
+            seconds, taken = asyncio.run(timed_claims(url, rounds))
+            assert taken == 5, f"a claim took {taken} deliveries, expected 4 + 1"
+            times[size] = seconds
+    return times
 
 
 # Sweep --------------------------------------------------------------------------------------------
@@ -323,7 +405,7 @@ def bench_sweep(sizes: list[int], violators: int, rounds: int) -> dict[int, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer deliveries and rounds")
-    parser.add_argument("--only", choices=["deliveries", "sweep"])
+    parser.add_argument("--only", choices=["deliveries", "claims", "sweep"])
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", process="bench")
@@ -339,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
             f" backlog over {d['endpoints']:.0f} endpoints. One endpoint alone (its requests in"
             f" flight capped by WORKER_ENDPOINT_CONCURRENCY): {d['single']:,.0f}/s"
             f" (ratio {d['single_ratio']:.2f} to the uvloop plain loop; target >= 0.30)"
+        )
+    if args.only in (None, "claims"):
+        sizes = [10_000, 100_000 if args.quick else 1_000_000]
+        c = bench_claims(sizes, 20)
+        print(
+            f"claim beside one tenant's backlog (median of 20): {sizes[0]:,} queued"
+            f" {c[sizes[0]] * 1000:.1f} ms, {sizes[1]:,} queued {c[sizes[1]] * 1000:.1f} ms,"
+            f" ratio {c[sizes[1]] / c[sizes[0]]:.2f} (target: <= 1.5)"
         )
     if args.only in (None, "sweep"):
         sizes = [100_000, 1_000_000]

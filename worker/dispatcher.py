@@ -39,6 +39,9 @@ from worker.settings import WorkerSettings
 # in-flight cap (WORKER_ENDPOINT_PREFETCH) for a minute. A slow or hanging one never is.
 FAST_ATTEMPT_MS = 1_000
 FAST_MEMORY_SECONDS = 60.0
+# After a claim that found no more work, finished attempts (which free endpoints' caps) trigger the
+# next claim no sooner than this.
+TOP_UP_INTERVAL_SECONDS = 0.02
 
 
 @dataclass
@@ -130,7 +133,7 @@ class Dispatcher:
         # After a database error: short, since the pool replaces dead connections by itself.
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
-        self._unrecorded = 0  # of those, attempts finished and waiting for the recorder
+        self._attempted_ids: set[UUID] = set()  # of those, attempts made, waiting to be recorded
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
@@ -145,7 +148,8 @@ class Dispatcher:
         )
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
-        self._room = asyncio.Event()
+        self._room = asyncio.Event()  # held deliveries were recorded or released
+        self._attempted = asyncio.Event()  # an attempt finished (its sender is free)
         self._closing = False
         self._idle = asyncio.Event()  # set while no HTTP request is in flight
         self._idle.set()
@@ -186,10 +190,12 @@ class Dispatcher:
             # recorder are held (and renewed) too, but need no sender, so they do not hold back
             # the next claim (twice the batch is the most held at once). Claiming when a quarter
             # is free keeps the senders fed while a claim is on its way.
-            room = min(batch - (len(self._held) - self._unrecorded), 2 * batch - len(self._held))
+            waiting = len(self._held) - len(self._attempted_ids)
+            room = min(batch - waiting, 2 * batch - len(self._held))
             self._room.clear()
+            self._attempted.clear()
             if room < max(1, batch // 4) and self._held:
-                await wait_any(self._room, stop)
+                await wait_any(self._room, self._attempted, stop)
                 continue
             self._wake.clear()  # before claiming: a notification arriving meanwhile is kept
             got = await self._claim(room)
@@ -197,12 +203,25 @@ class Dispatcher:
                 continue
             if drain and got == 0 and not self._held:
                 return
-            if drain:
-                await wait_any(self._room, stop, seconds=self._settings.poll_interval_seconds)
-            else:
-                await wait_any(
-                    self._wake, self._room, stop, seconds=self._settings.poll_interval_seconds
-                )
+            # Nothing more is claimable now. What changes that: new work (a notification, or the
+            # poll for retries coming due), or finished attempts (which free their endpoints'
+            # caps). Those finish every millisecond at full speed: a claim after each would cost
+            # a claim per delivery, so after one the next waits TOP_UP_INTERVAL_SECONDS (an
+            # endpoint held deeper has enough queued to wait that long; new work does not wait).
+            loop = asyncio.get_running_loop()
+            claimed_at = loop.time()
+            new_work = [] if drain else [self._wake]
+            await wait_any(
+                *new_work,
+                self._room,
+                self._attempted,
+                stop,
+                seconds=self._settings.poll_interval_seconds,
+            )
+            if not any(event.is_set() for event in (*new_work, stop)):
+                pause = claimed_at + TOP_UP_INTERVAL_SECONDS - loop.time()
+                if pause > 0:
+                    await wait_any(*new_work, stop, seconds=pause)
 
     async def _claim(self, limit: int) -> int:
         held = list(self._held)
@@ -225,6 +244,7 @@ class Dispatcher:
                     prefetch=self._prefetch,
                     fast=self._fast_endpoints(),
                     held=held,
+                    attempted=list(self._attempted_ids),
                     budgets=self._budgets,
                 )
         except ParityError as exc:
@@ -267,10 +287,14 @@ class Dispatcher:
             del self._endpoint_fast[endpoint]
         return list(self._endpoint_fast)
 
-    async def _slot_freed(self, endpoint: UUID, *, fast: bool) -> None:
-        """An attempt to `endpoint` finished: its next waiting delivery takes the slot. An endpoint
-        that turned slow gives its waiting deliveries back, so they do not keep the worker's room
-        while they wait behind requests that take the whole timeout."""
+    async def _slot_freed(
+        self, endpoint: UUID, *, fast: bool
+    ) -> tuple[ClaimedDelivery, str] | None:
+        """An attempt to `endpoint` finished: its next waiting delivery takes the slot, returned
+        for the sender that freed it to send at once when no other work waits for a sender (one
+        hop through the queue less), else queued behind that work. An endpoint that turned slow
+        gives its waiting deliveries back, so they do not keep the worker's room while they wait
+        behind requests that take the whole timeout."""
         if fast:
             self._endpoint_fast[endpoint] = asyncio.get_running_loop().time()
         else:
@@ -282,15 +306,19 @@ class Dispatcher:
                 self._endpoint_waiting[endpoint] = waiting
         waiting = self._endpoint_waiting.get(endpoint)
         if waiting:
-            self._todo.put_nowait(waiting.popleft())
+            following = waiting.popleft()
             if not waiting:
                 del self._endpoint_waiting[endpoint]
-            return
+            if self._todo.empty():
+                return following
+            self._todo.put_nowait(following)
+            return None
         busy = self._endpoint_busy.get(endpoint, 0) - 1
         if busy > 0:
             self._endpoint_busy[endpoint] = busy
         else:
             self._endpoint_busy.pop(endpoint, None)
+        return None
 
     def _drop_waiting(self, ids: set[UUID]) -> None:
         """Forget waiting deliveries that moved on in the database (cancelled with their endpoint):
@@ -347,8 +375,9 @@ class Dispatcher:
     # Senders --------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        following: tuple[ClaimedDelivery, str] | None = None
         while True:
-            delivery, body = await self._todo.get()
+            delivery, body = following or await self._todo.get()
             self._inflight[delivery.id] = (delivery, datetime.now(UTC))
             self._idle.clear()
             try:
@@ -359,7 +388,7 @@ class Dispatcher:
                     self._idle.set()
             self._finished(delivery, response)
             fast = response.duration_ms < FAST_ATTEMPT_MS
-            await self._slot_freed(delivery.endpoint_id, fast=fast)
+            following = await self._slot_freed(delivery.endpoint_id, fast=fast)
 
     def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
         result = classify(delivery, response, self._policies[delivery.environment])
@@ -378,9 +407,9 @@ class Dispatcher:
                 result.outcome,
             )
         self._results.append(result)
-        self._unrecorded += 1
+        self._attempted_ids.add(delivery.id)
         self._results_ready.set()
-        self._room.set()
+        self._attempted.set()
 
     # Recorder -------------------------------------------------------------------------------------
 
@@ -417,7 +446,7 @@ class Dispatcher:
                 await asyncio.sleep(self._retry_pause)
                 continue
             self._outage.ok()
-            self._unrecorded -= len(batch)
+            self._attempted_ids.difference_update(r.delivery_id for r in batch)
             self._forget(r.delivery_id for r in batch)
             for result in batch:
                 if result.disables_endpoint and result.delivery_id in recorded.applied:

@@ -70,17 +70,19 @@ returning d.id, d.status::text as status
 # Fair claiming, per endpoint. The claim walks the endpoints with deliveries no worker holds (a
 # skip scan over `webhook_deliveries_endpoint_queue_idx`: one probe per endpoint), counts each
 # one's leased deliveries (`webhook_deliveries_leased_idx`: any worker's, plus what this worker
-# still holds) against `per_endpoint`, and reads only the few due deliveries each endpoint has room
-# for, oldest first. The picks are taken rank by rank across endpoints (every endpoint's first,
-# then every endpoint's second...), so one endpoint's backlog, or an endpoint that never answers,
-# takes at most its share of the workers, and the cost of a claim follows the endpoints with work
-# and the rows claimed, never the size of any backlog. A `fast` endpoint (its last attempt
-# answered quickly) none of whose deliveries another worker holds may be held deeper, up to
-# `prefetch`: the worker keeps at most `per_endpoint` of them in flight and the rest queued in
-# memory, so a fast endpoint is refilled without waiting for a record and a claim; while another
-# worker holds some, the endpoint is limited to `per_endpoint` leased in all. Deliveries of
-# disabled endpoints are never claimed, whatever their status says. A claim counts the attempt at
-# once (`attempts + 1`), so an attempt lost with its worker still counts; a release takes it back.
+# still holds, less its `attempted` ones: finished, only waiting to be recorded, so neither in
+# flight nor queued) against `per_endpoint`, and reads only the few due deliveries each endpoint
+# has room for, oldest first. The picks are taken rank by rank across endpoints (every
+# endpoint's first, then every endpoint's second...), so one endpoint's backlog, or an endpoint
+# that never answers, takes at most its share of the workers, and the cost of a claim follows the
+# endpoints with work and the rows claimed, never the size of any backlog. A `fast` endpoint (its
+# last attempt answered quickly) none of whose deliveries another worker holds may be held
+# deeper, up to `prefetch`: the worker keeps at most `per_endpoint` of them in flight and the
+# rest queued in memory, so a fast endpoint is refilled without waiting for a record and a claim;
+# while another worker holds some, the endpoint is limited to `per_endpoint` leased in all.
+# Deliveries of disabled endpoints are never claimed, whatever their status says. A claim counts
+# the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts; a
+# release takes it back.
 _CLAIM = """
 with recursive endpoints as (
     -- Each endpoint with deliveries no worker holds, and the oldest of them: one probe of
@@ -119,7 +121,8 @@ with recursive endpoints as (
                      from public.webhook_deliveries as d
                     where d.endpoint_id = e.endpoint_id
                       and d.status = 'pending' and d.leased_by is not null
-                      and (d.lease_expires_at >= now() or d.id = any(%(held)b::uuid[]))) as h
+                      and (d.lease_expires_at >= now() or d.id = any(%(held)b::uuid[]))
+                      and d.id <> all(%(attempted)b::uuid[])) as h
            ) as l
 ), ready as (
     -- Endpoints that can take a delivery now, and how many of each to read: twice an even share
@@ -350,6 +353,7 @@ def claim_statement(
     budgets: Budgets,
     prefetch: int | None = None,
     fast: Sequence[UUID] = (),
+    attempted: Sequence[UUID] = (),
 ) -> tuple[str, dict[str, Any]]:
     """The statement `claim` runs and its parameters (tests EXPLAIN it)."""
     return _CLAIM, {
@@ -360,6 +364,7 @@ def claim_statement(
         "prefetch": max(per_endpoint, prefetch or per_endpoint),
         "held": list(held),
         "fast": list(fast),
+        "attempted": list(attempted),
         **budgets.params(),
     }
 
@@ -375,10 +380,12 @@ async def claim(
     budgets: Budgets,
     prefetch: int | None = None,
     fast: Sequence[UUID] = (),
+    attempted: Sequence[UUID] = (),
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries to `worker_id`, at most `per_endpoint` leased per
     endpoint (up to `prefetch` of a `fast` endpoint no other worker holds any of; the caller keeps
-    at most `per_endpoint` of them in flight), never one of `held`. Run it in a transaction with
+    at most `per_endpoint` of them in flight), never one of `held`; of those, the `attempted` ones
+    (finished, waiting to be recorded) do not count against the caps. Run it in a transaction with
     `CLAIM_SETTINGS`, and commit before sending what it returns."""
     cur = await conn.execute(
         *claim_statement(
@@ -390,6 +397,7 @@ async def claim(
             budgets=budgets,
             prefetch=prefetch,
             fast=fast,
+            attempted=attempted,
         )
     )
     return [ClaimedDelivery.from_row(row) for row in await cur.fetchall()]

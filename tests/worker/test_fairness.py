@@ -421,3 +421,25 @@ async def test_a_claim_reads_the_same_beside_a_small_or_a_large_backlog_of_anoth
             budgets=queue.Budgets.from_config(),
         )  # fmt: skip
     assert waiting in {d.id for d in claimed} and len(claimed) == 5
+
+
+async def test_attempts_waiting_to_be_recorded_do_not_count_against_an_endpoints_cap(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    """The cap limits requests in flight: once two of four attempts have finished (their records
+    still to be written), the worker may claim two more for that endpoint, never the held ones."""
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    await emit_events(db, project, 10)
+    claim = functools.partial(
+        queue.claim, worker_id="w", limit=10, lease_seconds=60, per_endpoint=4,
+        budgets=queue.Budgets.from_config(),
+    )  # fmt: skip
+    async with db.as_service(queue.CLAIM_SETTINGS) as conn:
+        first = await claim(conn, held=[])
+    held = [d.id for d in first]
+    async with db.as_service(queue.CLAIM_SETTINGS) as conn:
+        assert await claim(conn, held=held) == []  # four in flight: the cap
+    async with db.as_service(queue.CLAIM_SETTINGS) as conn:
+        more = await claim(conn, held=held, attempted=held[:2])
+    assert len(first) == 4 and len(more) == 2
+    assert not {d.id for d in more} & set(held)
