@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NotRequired, TypedDict, Unpack
 from uuid import UUID
 
 from shared.db import Connection
@@ -343,63 +343,43 @@ async def settle_lost(
     return {row["id"]: row["status"] for row in await cur.fetchall()}
 
 
-def claim_statement(
-    *,
-    worker_id: str,
-    limit: int,
-    lease_seconds: float,
-    per_endpoint: int,
-    held: Sequence[UUID],
-    budgets: Budgets,
-    prefetch: int | None = None,
-    fast: Sequence[UUID] = (),
-    attempted: Sequence[UUID] = (),
-) -> tuple[str, dict[str, Any]]:
+class ClaimOptions(TypedDict):
+    """What a claim asks for: see `claim`."""
+
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    per_endpoint: int
+    held: Sequence[UUID]
+    budgets: Budgets
+    prefetch: NotRequired[int | None]
+    fast: NotRequired[Sequence[UUID]]
+    attempted: NotRequired[Sequence[UUID]]
+
+
+def claim_statement(**options: Unpack[ClaimOptions]) -> tuple[str, dict[str, Any]]:
     """The statement `claim` runs and its parameters (tests EXPLAIN it)."""
+    per_endpoint = options["per_endpoint"]
     return _CLAIM, {
-        "worker_id": worker_id,
-        "limit": limit,
-        "lease_seconds": lease_seconds,
+        "worker_id": options["worker_id"],
+        "limit": options["limit"],
+        "lease_seconds": options["lease_seconds"],
         "per_endpoint": per_endpoint,
-        "prefetch": max(per_endpoint, prefetch or per_endpoint),
-        "held": list(held),
-        "fast": list(fast),
-        "attempted": list(attempted),
-        **budgets.params(),
+        "prefetch": max(per_endpoint, options.get("prefetch") or per_endpoint),
+        "held": list(options["held"]),
+        "fast": list(options.get("fast", ())),
+        "attempted": list(options.get("attempted", ())),
+        **options["budgets"].params(),
     }
 
 
-async def claim(
-    conn: Connection,
-    *,
-    worker_id: str,
-    limit: int,
-    lease_seconds: float,
-    per_endpoint: int,
-    held: Sequence[UUID],
-    budgets: Budgets,
-    prefetch: int | None = None,
-    fast: Sequence[UUID] = (),
-    attempted: Sequence[UUID] = (),
-) -> list[ClaimedDelivery]:
+async def claim(conn: Connection, **options: Unpack[ClaimOptions]) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries to `worker_id`, at most `per_endpoint` leased per
     endpoint (up to `prefetch` of a `fast` endpoint no other worker holds any of; the caller keeps
     at most `per_endpoint` of them in flight), never one of `held`; of those, the `attempted` ones
     (finished, waiting to be recorded) do not count against the caps. Run it in a transaction with
     `CLAIM_SETTINGS`, and commit before sending what it returns."""
-    cur = await conn.execute(
-        *claim_statement(
-            worker_id=worker_id,
-            limit=limit,
-            lease_seconds=lease_seconds,
-            per_endpoint=per_endpoint,
-            held=held,
-            budgets=budgets,
-            prefetch=prefetch,
-            fast=fast,
-            attempted=attempted,
-        )
-    )
+    cur = await conn.execute(*claim_statement(**options))
     return [ClaimedDelivery.from_row(row) for row in await cur.fetchall()]
 
 
