@@ -166,3 +166,47 @@ def test_a_push_behind_an_open_transaction_fails_fast(empty_database: str, tmp_p
     assert database.applied_migrations(empty_database) == [PRE_ENVIRONMENT]
     database.push_migrations(empty_database)
     assert database.applied_migrations(empty_database) == all_versions()
+
+
+ENDPOINT_QUEUES = "20261001000000"
+
+
+def test_the_concurrent_index_builds_give_up_fast_and_can_be_pushed_again(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """The per-endpoint queue indexes are built concurrently, outside the migration's transaction:
+    behind a lock they give up after the lock timeout with nothing recorded, and the next push
+    builds them, valid, whatever a failed build left behind."""
+    earlier = [v for v in all_versions() if v < ENDPOINT_QUEUES]
+    database.push_migrations(empty_database, workdir=workdir_with(tmp_path, earlier))
+    with psycopg.connect(empty_database) as holder:
+        # What a long maintenance command (a manual VACUUM, ANALYZE) holds: it lets reads and
+        # writes through, and only a concurrent index build (or another such command) waits.
+        holder.execute("lock table public.webhook_deliveries in share update exclusive mode")
+        started = time.monotonic()
+        with pytest.raises(database.ProvisioningError, match="lock timeout"):
+            database.push_migrations(empty_database)
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert 5 <= elapsed < 120, elapsed
+    assert ENDPOINT_QUEUES not in database.applied_migrations(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        # What a build that failed midway leaves behind: an invalid index of that name.
+        conn.execute("create index webhook_deliveries_endpoint_queue_idx on public.events (type)")
+        conn.execute(
+            "update pg_index set indisvalid = false"
+            " where indexrelid = 'public.webhook_deliveries_endpoint_queue_idx'::regclass"
+        )
+    database.push_migrations(empty_database)
+    assert database.applied_migrations(empty_database) == all_versions()
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        rows = conn.execute(
+            "select indexrelid::regclass::text, indisvalid from pg_index"
+            " where indrelid = 'public.webhook_deliveries'::regclass"
+            " and indexrelid::regclass::text in"
+            " ('webhook_deliveries_endpoint_queue_idx', 'webhook_deliveries_leased_idx')"
+        ).fetchall()
+    assert sorted(rows) == [
+        ("webhook_deliveries_endpoint_queue_idx", True),
+        ("webhook_deliveries_leased_idx", True),
+    ]
