@@ -140,6 +140,7 @@ def test_stateful_sequences_keep_the_contract(seeded: Seeded) -> None:
     schema = load(seeded)
     base = schema.as_state_machine()
     made: list[str] = []
+    breaches: list[str] = []
 
     class Sequences(base):  # type: ignore[misc, valid-type]
         def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
@@ -153,14 +154,21 @@ def test_stateful_sequences_keep_the_contract(seeded: Seeded) -> None:
             **kwargs: Any,
         ) -> None:
             made.append(case.operation.label)
-            case.validate_response(
-                response,
-                additional_checks=additional_checks,
-                excluded_checks=excluded_for(case),
-                transport_kwargs=kwargs,
-            )
+            try:
+                case.validate_response(
+                    response,
+                    additional_checks=additional_checks,
+                    excluded_checks=excluded_for(case),
+                    transport_kwargs=kwargs,
+                )
+            except Exception as exc:
+                # Kept here: if replaying the steps before it draws differently (the rows have
+                # changed since), Hypothesis reports that instead of this breach.
+                breaches.append(f"{case.operation.label}: {exc}")
+                raise
 
-    for attempt in range(3):
+    flaky: list[str] = []
+    for attempt in range(5):
         try:
             run_state_machine_as_test(
                 Sequences,
@@ -174,14 +182,16 @@ def test_stateful_sequences_keep_the_contract(seeded: Seeded) -> None:
                 ),
             )
             break
-        except FlakyStrategyDefinition:
-            # Rows made by earlier steps changed what a replayed step drew: not a contract
-            # failure (schemathesis's own runner then starts a fresh session too); run again.
+        except FlakyStrategyDefinition as exc:
+            # A step drew differently when Hypothesis replayed the steps before it, because the
+            # rows made meanwhile changed what the links offer: not a contract breach (any
+            # breach is in `breaches`, checked below). Run again in a fresh session, as
+            # schemathesis's own runner does.
+            flaky.append(str(exc).splitlines()[0])
             continue
-    else:
-        pytest.fail("the stateful run could not complete in three sessions")
-    # Chains ran: creations fed later calls along the inferred links.
-    assert len(made) >= 20 and len(set(made)) >= 8, sorted(set(made))
+    assert breaches == [], breaches
+    # Chains ran: creations fed later calls along the inferred links, every response checked.
+    assert len(made) >= 20 and len(set(made)) >= 8, (sorted(set(made)), flaky)
 
 
 def test_sign_out_keeps_the_contract(seeded: Seeded) -> None:
