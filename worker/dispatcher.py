@@ -287,14 +287,10 @@ class Dispatcher:
             del self._endpoint_fast[endpoint]
         return list(self._endpoint_fast)
 
-    async def _slot_freed(
-        self, endpoint: UUID, *, fast: bool
-    ) -> tuple[ClaimedDelivery, str] | None:
-        """An attempt to `endpoint` finished: its next waiting delivery takes the slot, returned
-        for the sender that freed it to send at once when no other work waits for a sender (one
-        hop through the queue less), else queued behind that work. An endpoint that turned slow
-        gives its waiting deliveries back, so they do not keep the worker's room while they wait
-        behind requests that take the whole timeout."""
+    async def _slot_freed(self, endpoint: UUID, *, fast: bool) -> None:
+        """An attempt to `endpoint` finished: its next waiting delivery takes the slot. An endpoint
+        that turned slow gives its waiting deliveries back, so they do not keep the worker's room
+        while they wait behind requests that take the whole timeout."""
         if fast:
             self._endpoint_fast[endpoint] = asyncio.get_running_loop().time()
         else:
@@ -306,19 +302,15 @@ class Dispatcher:
                 self._endpoint_waiting[endpoint] = waiting
         waiting = self._endpoint_waiting.get(endpoint)
         if waiting:
-            following = waiting.popleft()
+            self._todo.put_nowait(waiting.popleft())
             if not waiting:
                 del self._endpoint_waiting[endpoint]
-            if self._todo.empty():
-                return following
-            self._todo.put_nowait(following)
-            return None
+            return
         busy = self._endpoint_busy.get(endpoint, 0) - 1
         if busy > 0:
             self._endpoint_busy[endpoint] = busy
         else:
             self._endpoint_busy.pop(endpoint, None)
-        return None
 
     def _drop_waiting(self, ids: set[UUID]) -> None:
         """Forget waiting deliveries that moved on in the database (cancelled with their endpoint):
@@ -375,9 +367,8 @@ class Dispatcher:
     # Senders --------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        following: tuple[ClaimedDelivery, str] | None = None
         while True:
-            delivery, body = following or await self._todo.get()
+            delivery, body = await self._todo.get()
             self._inflight[delivery.id] = (delivery, datetime.now(UTC))
             self._idle.clear()
             try:
@@ -388,7 +379,7 @@ class Dispatcher:
                     self._idle.set()
             self._finished(delivery, response)
             fast = response.duration_ms < FAST_ATTEMPT_MS
-            following = await self._slot_freed(delivery.endpoint_id, fast=fast)
+            await self._slot_freed(delivery.endpoint_id, fast=fast)
 
     def _finished(self, delivery: ClaimedDelivery, response: Response) -> None:
         result = classify(delivery, response, self._policies[delivery.environment])
