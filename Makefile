@@ -23,9 +23,11 @@ install: $(STAMP) $(NPM_STAMP)
 run: install
 	$(BIN)/python -m ops up
 
-## test: the whole suite against real Postgres (and Redis where present)
+## test: the whole suite against real Postgres (and Redis where present), in TEST_WORKERS processes
+## (pytest-xdist; the suite mostly waits, so more than the cores); PYTEST_ARGS adds or overrides
+TEST_WORKERS ?= 4
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## check: lint and strict typing over all project code, squawk over the migrations
 check: install

@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import psycopg
 import pytest
-from loguru import logger
 
 from ops import database
 from shared.db import Database
-from tests.logscan import SCAN_TEST, SUITE_RECORDS, SuiteRecords
+
+# The secret scan over everything the suite logs (in every xdist worker), the migrated template
+# database (`template_db`, one for all xdist workers), and pytester for testing the scan itself.
+pytest_plugins = ("tests.parallel", "tests.logscan", "pytester")
 
 REQUIRE_SERVICES = os.environ.get("PARITY_REQUIRE_SERVICES") == "1"
 
@@ -34,36 +35,12 @@ def pytest_runtest_makereport(
     return report
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The secret scan reads what every other test logged, so it runs last.
-    items.sort(key=lambda item: item.name == SCAN_TEST)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def suite_records() -> Iterator[SuiteRecords]:
-    """Captures every loguru record of the session, serialised with its extra fields."""
-    sink = logger.add(
-        lambda message: SUITE_RECORDS.add_line(str(message)), level="DEBUG", serialize=True
-    )
-    try:
-        yield SUITE_RECORDS
-    finally:
-        logger.remove(sink)
-
-
 @pytest.fixture(scope="session")
 def admin_url() -> str:
     """A connection to the server's maintenance database, for creating test databases."""
     return database.server_url(
         os.environ.get("TEST_DATABASE_URL"), database.DATA_DIR / "test-postgres"
     )
-
-
-@pytest.fixture(scope="session")
-def template_db(admin_url: str) -> Iterator[str]:
-    """Migrated once per session with the real Supabase CLI."""
-    with database.scratch_database(admin_url, "parity_template") as url:
-        yield urlsplit(url).path.lstrip("/")
 
 
 @pytest.fixture
