@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import pytest
 from aiohttp import web
@@ -337,3 +338,63 @@ async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered_until_enable
     await drain(database_url)
     assert [r.webhook_id for r in receiver.received] == [str(delivery_id)]
     assert (await delivery_row(db, delivery_id))["status"] == "succeeded"
+
+
+async def test_a_batch_records_each_attempt_once_whatever_it_repeats_or_arrives_late(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    # One statement records a whole batch, still guarded by lease and attempt number: a result
+    # repeated within the batch, a replay of it in a later batch and a late result of an attempt
+    # the delivery has moved past are each written at most once and steer nothing twice.
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    first, second = await emit_events(db, project, 2)
+    budgets = queue.Budgets.from_config()
+    async with db.as_service() as conn:
+        claimed = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=10,
+            lease_seconds=60,
+            per_endpoint=4,
+            held=[],
+            budgets=budgets,
+        )
+    assert {c.id for c in claimed} == {first, second}
+    endpoint = claimed[0].endpoint_id
+
+    def result(delivery_id: UUID, number: int, outcome: queue.Outcome) -> queue.AttemptResult:
+        return queue.AttemptResult(
+            delivery_id=delivery_id,
+            endpoint_id=endpoint,
+            attempt_number=number,
+            outcome=outcome,
+            delay_seconds=30,
+            started_at=datetime.now(UTC),
+            duration_ms=1,
+            status_code=204 if outcome == "succeeded" else 500,
+            response_body="",
+            error=None,
+        )
+
+    batch = [
+        result(first, 1, "succeeded"),
+        result(first, 1, "succeeded"),
+        result(second, 1, "pending"),
+    ]
+    async with db.as_service() as conn:
+        done = await queue.record(conn, batch, worker_id="w")
+    assert done == queue.Recorded({first, second}, {first, second})
+    async with db.as_service() as conn:
+        # The same batch again, and a late result of attempt 1 after the delivery moved on.
+        again = await queue.record(conn, [*batch, result(second, 1, "succeeded")], worker_id="w")
+    assert again == queue.Recorded(set(), set())
+
+    assert [a["attempt_number"] for a in await attempt_rows(db, first)] == [1]
+    assert [a["attempt_number"] for a in await attempt_rows(db, second)] == [1]
+    first_row, second_row = await delivery_row(db, first), await delivery_row(db, second)
+    assert (first_row["status"], first_row["attempts"]) == ("succeeded", 1)
+    assert (second_row["status"], second_row["attempts"], second_row["leased_by"]) == (
+        "pending",
+        1,
+        None,
+    )
