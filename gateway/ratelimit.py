@@ -18,7 +18,7 @@ from uuid import UUID
 import redis.asyncio as redis
 from loguru import logger
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, MovedError
+from redis.exceptions import AskError, MovedError, RedisError
 
 from gateway.errors import RateLimiterUnavailable
 from gateway.slots import Address, SlotMap
@@ -289,17 +289,21 @@ class RedisWindows:
         return end
 
     async def ping(self) -> None:
-        """Raise unless Redis answers (the gateway's readiness check). On a cluster: a node
-        that serves slots, found with the slot map (a master being replaced makes its slots'
-        decisions fail, not every gateway unready)."""
+        """Raise unless Redis answers (the gateway's readiness check). On a cluster: ready
+        while any master answers (a master being replaced makes its slots' decisions fail, not
+        every gateway unready)."""
         if self._slots is None:
             await self._client.ping()
             return
         await self._slots.refresh()
-        node = self._slots.owner(self._prefix)
-        if node is None:
-            raise WindowsUnavailable("no Redis Cluster node gave its slot map")
-        await self._slots.client(node).ping()
+        failures = []
+        for node in self._slots.masters():
+            try:
+                await self._slots.client(node).ping()
+                return
+            except (RedisError, OSError) as exc:
+                failures.append(f"{node[0]}:{node[1]}: {exc}")
+        raise WindowsUnavailable("no Redis Cluster master answers: " + "; ".join(failures))
 
     async def close(self) -> None:
         if self._slots is not None:

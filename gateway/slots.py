@@ -43,6 +43,10 @@ class SlotMap:
         """The master serving `key` as last learned (None: not known yet)."""
         return self._owners[key_slot(key.encode())]
 
+    def masters(self) -> list[Address]:
+        """The masters serving slots, as last learned."""
+        return list(dict.fromkeys(owner for owner in self._owners if owner is not None))
+
     def client(self, address: Address) -> redis.Redis:
         client = self._clients.get(address)
         if client is None:

@@ -17,6 +17,7 @@ from uuid import UUID
 import aiohttp
 import pytest
 
+from ops.rediscluster import Cluster
 from shared.db import Database
 from shared.environment import get_environment_config
 from tests.gateway.conftest import (
@@ -27,7 +28,6 @@ from tests.gateway.conftest import (
     start_gateway_process,
     wait_until_listening,
 )
-from tests.rediscluster import Cluster
 from tests.worker.conftest import (
     BUSY_WITH_A_HANGING_ENDPOINT,
     HANGING_ENDPOINT_TIMEOUT,

@@ -1,11 +1,14 @@
 """Rate-limit windows on a real Redis Cluster: a decision's keys share one slot (as `CLUSTER
 KEYSLOT` computes it) while projects spread over the masters, a slot moved to another master
-mid-window (ASK while it migrates, MOVED after) keeps counting exactly, and the console's
-sign-in throttle counts on a cluster too."""
+mid-window (ASK while it migrates, MOVED after) keeps counting exactly, a master that hangs
+refuses its own slots' decisions within the bound and no others, and the console's sign-in
+throttle counts on a cluster too."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
@@ -13,9 +16,10 @@ import pytest
 
 from console.settings import ConsoleSettings
 from console.signin import SignInThrottle, TooManySignIns
+from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit import ProjectRateLimiter, RedisWindows
+from ops.rediscluster import Cluster
 from shared.settings import PlatformSettings
-from tests.rediscluster import Cluster
 
 WINDOW = 60
 
@@ -108,3 +112,34 @@ async def test_the_sign_in_throttle_counts_on_a_cluster(cluster: Cluster) -> Non
         await (first, second)[n % 2].attempt(email, f"10.0.0.{n}")
     with pytest.raises(TooManySignIns):
         await second.attempt(email, "10.0.0.9")
+
+
+async def test_a_hanging_master_refuses_only_its_own_slots_and_within_the_bound(
+    cluster: Cluster, windows: RedisWindows
+) -> None:
+    limiter = ProjectRateLimiter(windows, window_seconds=WINDOW)
+    hung = cluster.nodes[0]
+    projects = [uuid4() for _ in range(12)]
+    on_hung = [p for p in projects if cluster.owner(cluster.keyslot(str(p))) is hung]
+    elsewhere = [p for p in projects if p not in on_hung]
+    assert on_hung and elsewhere
+    for project in projects:
+        await limiter.hit(project, 5)
+
+    hung.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RateLimiterUnavailable):
+            await limiter.hit(on_hung[0], 5)
+        waited = loop.time() - started
+        # Refused at once while the node is fresh from failing; others count on.
+        with pytest.raises(RateLimiterUnavailable):
+            await limiter.hit(on_hung[-1], 5)
+        assert [(await limiter.hit(p, 5)).remaining for p in elsewhere] == [3] * len(elsewhere)
+        await windows.ping()  # still ready: other masters answer
+    finally:
+        hung.process.send_signal(signal.SIGCONT)
+    # (1 + retries) x timeout = 0.9 s, and some slack for a busy machine: not a speed test,
+    # a bound against waiting on a dead node for the OS's TCP timeouts.
+    assert waited < 2.0

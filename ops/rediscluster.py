@@ -1,7 +1,7 @@
-"""A real Redis Cluster on loopback for tests: six `redis-server` processes (three masters with
-one replica each) on free ports, each in its own directory, joined by `redis-cli --cluster
-create`; stopped and removed on leaving. Nothing is shared with other tests, so any number can
-run at once."""
+"""A real Redis Cluster on loopback for tests and benchmarks: six `redis-server` processes
+(three masters with one replica each) on free ports, each in its own directory, joined by
+`redis-cli --cluster create`; stopped on leaving. Nothing is shared between two clusters, so any
+number can run at once."""
 
 from __future__ import annotations
 
@@ -15,11 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 NODE_TIMEOUT_MS = 1000
 """How long a master may be unreachable before its replica is promoted: short, so a failover
 happens within a test (production keeps Redis's default of 15 s, or what its operator chose)."""
+
+
+def available() -> bool:
+    """Whether Debian's `redis-server` and `redis-cli` are installed."""
+    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+
+
+def _program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (Debian: redis-server, redis-tools)")
+    return path
 
 
 @dataclass
@@ -46,14 +56,14 @@ class Cluster:
     def cli(self, node: Node, *args: str) -> str:
         """`redis-cli` against `node`; its output (fails the test on an error)."""
         done = subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(node.port), *args],
+            [_program("redis-cli"), "-h", "127.0.0.1", "-p", str(node.port), *args],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
         if done.returncode != 0 or done.stdout.startswith("ERR"):
-            raise AssertionError(f"redis-cli {' '.join(args)}: {done.stdout}{done.stderr}")
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout.strip()
 
     def alive(self) -> list[Node]:
@@ -74,7 +84,7 @@ class Cluster:
                     continue  # a slot being migrated: [slot->-node]
                 if int(low) <= slot <= int(high or low):
                     return self.node_at(int(fields[1].split(":")[1].split("@")[0]))
-        raise AssertionError(f"no master serves slot {slot}")
+        raise RuntimeError(f"no master serves slot {slot}")
 
     def node_at(self, port: int) -> Node:
         return next(node for node in self.nodes if node.port == port)
@@ -88,7 +98,7 @@ class Cluster:
             fields = line.split()
             if fields[3] == master_id:
                 return self.node_at(int(fields[1].split(":")[1].split("@")[0]))
-        raise AssertionError(f"{master.address} has no replica")
+        raise RuntimeError(f"{master.address} has no replica")
 
     def kill(self, node: Node) -> None:
         """A crash: SIGKILL, nothing saved or handed over."""
@@ -106,7 +116,7 @@ class Cluster:
             ):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"cluster not ok within {within:g} s: {states}")
+                raise RuntimeError(f"cluster not ok within {within:g} s: {states}")
             time.sleep(0.1)
 
 
@@ -125,7 +135,7 @@ def _start_node(directory: Path, node_timeout_ms: int) -> Node:
         directory.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
             [
-                "redis-server",
+                _program("redis-server"),
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -165,20 +175,20 @@ def _start_node(directory: Path, node_timeout_ms: int) -> Node:
             process.kill()
         process.wait()
         (directory / "nodes.conf").unlink(missing_ok=True)
-    raise AssertionError(f"redis-server would not start: {(directory / 'redis.log').read_text()}")
+    raise RuntimeError(f"redis-server would not start: {(directory / 'redis.log').read_text()}")
 
 
 @contextlib.contextmanager
 def redis_cluster(directory: Path, *, node_timeout_ms: int = NODE_TIMEOUT_MS) -> Iterator[Cluster]:
     """Three masters and three replicas on free loopback ports under `directory`."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server and redis-cli are not installed")
+    if not available():
+        raise RuntimeError("redis-server and redis-cli are not installed")
     cluster = Cluster()
     try:
         for n in range(6):
             cluster.nodes.append(_start_node(directory / f"node-{n}", node_timeout_ms))
         created = subprocess.run(
-            ["redis-cli", "--cluster", "create"]
+            [_program("redis-cli"), "--cluster", "create"]
             + [node.address for node in cluster.nodes]
             + ["--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True,
@@ -186,11 +196,13 @@ def redis_cluster(directory: Path, *, node_timeout_ms: int = NODE_TIMEOUT_MS) ->
             timeout=60,
             check=False,
         )
-        assert created.returncode == 0, created.stdout + created.stderr
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create: {created.stdout}{created.stderr}")
         cluster.wait_ok()
         # `--cluster create` makes the first three the masters; keep that order in `nodes`.
         for node in cluster.nodes[:3]:
-            assert "role:master" in cluster.cli(node, "info", "replication")
+            if "role:master" not in cluster.cli(node, "info", "replication"):
+                raise RuntimeError(f"{node.address} should be a master")
         yield cluster
     finally:
         for node in cluster.nodes:
