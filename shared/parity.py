@@ -27,7 +27,7 @@ from uuid import UUID
 from shared import apps, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
-from shared.errors import ConfirmationRequired, InvalidInput, StaleFingerprint
+from shared.errors import ConfirmationRequired, Conflict, InvalidInput, StaleFingerprint
 
 DifferenceClass = Literal["policy", "environment-specific", "drift"]
 Action = Literal["create_endpoint", "update_endpoint", "copy_limits"]
@@ -296,15 +296,15 @@ async def read_sides(
     lock_target: bool = False,
 ) -> tuple[Side, Side]:
     """Both environments of the app: :class:`NotFound` for an app that is missing or not the
-    caller's, :class:`InvalidInput` when either environment has no project linked."""
+    caller's, :class:`Conflict` when either environment has no project linked."""
+    app = await apps.get_app(conn, app_id)
     if source == target:
         raise InvalidInput(f"compare two different environments, not {source} with itself")
-    app = await apps.get_app(conn, app_id)
     ids: dict[Environment, UUID] = {}
     for env in (source, target):
         project_id = app.environments[env]
         if project_id is None:
-            raise InvalidInput(
+            raise Conflict(
                 f"app {app.name!r} has no {env} project",
                 hint=f"Link a {env} project as its {env} environment first.",
             )
