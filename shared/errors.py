@@ -59,6 +59,12 @@ class ConfirmationRequired(InvalidInput):
     code = "CONFIRMATION_REQUIRED"
 
 
+class LimitReached(Conflict):
+    """A platform limit is reached: remove something first, or ask for a higher limit."""
+
+    code = "LIMIT_REACHED"
+
+
 class PermissionDenied(ParityError):
     """You are not allowed to do that."""
 
