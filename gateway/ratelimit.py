@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from uuid import UUID
 
-import redis.asyncio as redis
 from loguru import logger
 from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, MovedError, RedisError
@@ -145,12 +144,12 @@ class RedisWindows:
         self, url: str, *, key_prefix: str, timeout_seconds: float = 0.45, retries: int = 1
     ) -> None:
         target = parse_redis_url(url)
-        bounds = {"timeout_seconds": timeout_seconds, "retries": retries}
-        self._slots = SlotMap(target, **bounds) if target.cluster else None  # type: ignore[arg-type]
-        self._client = (
-            self._slots.client(target.nodes[0]) if self._slots else redis_client(url, **bounds)  # type: ignore[arg-type]
-        )
-        assert isinstance(self._client, redis.Redis)
+        self._slots: SlotMap | None = None
+        if target.cluster:
+            self._slots = SlotMap(target, timeout_seconds=timeout_seconds, retries=retries)
+            self._client = self._slots.client(target.nodes[0])
+        else:
+            self._client = redis_client(url, timeout_seconds=timeout_seconds, retries=retries)
         self._deadline = timeout_seconds * (1 + retries)
         self._script = self._client.register_script(_HIT)
         self._peek = self._client.register_script(_PEEK)
@@ -167,10 +166,11 @@ class RedisWindows:
         answers): a warning says so."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while self._slots is not None:
-            await self._slots.refresh()
-            if self._slots.owner(self._prefix) is not None or loop.time() > deadline:
+        while self._slots is not None and not self._slots.masters():
+            if loop.time() > deadline:
+                logger.warning("no Redis Cluster node answered at start: decisions are refused")
                 return
+            await self._slots.refresh()
             await asyncio.sleep(0.1)
 
     def storage_key(self, key: str) -> str:
