@@ -40,6 +40,7 @@ from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
 from shared.projects import Project
+from shared.webhook_urls import display_form
 
 router = APIRouter(include_in_schema=False)
 
@@ -131,6 +132,7 @@ def render(
             "when": when,
             "number": number,
             "percent": percent,
+            "display_url": display_form,
             **context,
         },
         status_code=status,
@@ -597,7 +599,7 @@ async def create_endpoint(
         created = await webhooks.create_endpoint(
             conn,
             project.id,
-            form.get("url", ""),
+            form.get("url", "").strip(),
             description=form.get("description", ""),
             event_types=event_types,
         )
@@ -606,7 +608,7 @@ async def create_endpoint(
             session,
             project,
             issued_for="endpoint",
-            secret_label=created.endpoint.url,
+            secret_label=display_form(created.endpoint.url),
             secret=created.secret,
         )
 
@@ -636,9 +638,8 @@ async def change_endpoint(
             await webhooks.delete_endpoint(conn, endpoint_id)
         else:
             await webhooks.set_enabled(conn, endpoint_id, change == "enable")
-        return flash_for(
-            session, project, notice=f"{ENDPOINT_CHANGES[change]} the endpoint {endpoint.url}."
-        )
+        notice = f"{ENDPOINT_CHANGES[change]} the endpoint {display_form(endpoint.url)}."
+        return flash_for(session, project, notice=notice)
 
     return await act(request, state, session, project_id, apply, anchor="#webhooks")
 
