@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import random
+import socket
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
 from aiohttp import web
 
-from shared import deliveries
+from shared import deliveries, webhooks
 from shared.db import Database
 from shared.errors import Conflict
 from tests.worker.conftest import (
@@ -52,6 +54,37 @@ async def test_a_delivery_is_signed_sent_once_and_logged(
     assert (attempt["attempt_number"], attempt["status_code"]) == (1, 200)
     assert attempt["response_body"] == "answer 200"
     assert attempt["error"] is None
+
+
+def free_port_from(lowest: int) -> int:
+    """A loopback port at least `lowest` that is free now (the kernel's own pick may be lower)."""
+    for port in random.sample(range(lowest, 32768), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port from {lowest}")
+
+
+async def test_a_receiver_on_a_five_digit_port_gets_its_delivery(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    """The URL passes the parser the console uses, is stored, and the worker delivers to it."""
+    project = await make_project("prod")
+    async with serving(Receiver(), port=free_port_from(10_000)) as receiver:
+        assert int(receiver.url.rsplit(":", 1)[1].split("/")[0]) >= 10_000
+        async with db.as_service() as conn:
+            created = await webhooks.create_endpoint(conn, project, receiver.url)
+        assert created.endpoint.url == receiver.url
+        receiver.secret = created.secret
+        [delivery_id] = await emit_events(db, project)
+        await drain(database_url)
+    assert receiver.bad_signatures == []
+    assert [r.webhook_id for r in receiver.received] == [str(delivery_id)]
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["last_status_code"]) == ("succeeded", 200)
 
 
 async def retry_until_final(
