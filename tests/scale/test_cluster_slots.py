@@ -143,3 +143,22 @@ async def test_a_hanging_master_refuses_only_its_own_slots_and_within_the_bound(
     # (1 + retries) x timeout = 0.9 s, and some slack for a busy machine: not a speed test,
     # a bound against waiting on a dead node for the OS's TCP timeouts.
     assert waited < 2.0
+
+
+async def test_a_single_server_url_naming_a_cluster_node_is_refused_clearly(
+    cluster: Cluster,
+) -> None:
+    node = cluster.nodes[0]
+    windows = RedisWindows(f"redis://{node.address}/0", key_prefix="parity-test")
+    limiter = ProjectRateLimiter(windows, window_seconds=WINDOW)
+    try:
+        elsewhere = next(
+            p
+            for p in (uuid4() for _ in range(100))
+            if cluster.owner(cluster.keyslot(str(p))) is not node
+        )
+        with pytest.raises(RateLimiterUnavailable) as refused:
+            await limiter.hit(elsewhere, 5)
+        assert "redis+cluster://" in str(refused.value.__cause__)
+    finally:
+        await windows.close()
