@@ -116,6 +116,11 @@ DOWN_SECONDS: Final = 0.2
 
 MAX_REDIRECTS: Final = 2
 
+_ONE_NODE_OF_A_CLUSTER: Final = (
+    "REDIS_URL names one node of a Redis Cluster, which redirects:"
+    " list the nodes as redis+cluster://host:port,host:port"
+)
+
 
 @dataclass(slots=True)
 class _Call:
@@ -223,7 +228,13 @@ class RedisWindows:
     async def _flush(self, node: Address | None) -> None:
         try:
             while batch := self._queues.pop(node, None):
-                await self._send(node, batch)
+                try:
+                    await self._send(node, batch)
+                except Exception as exc:
+                    # A bug here must not leave requests waiting for ever.
+                    for call in batch:
+                        _fail(call, WindowsUnavailable(f"{type(exc).__name__}: {exc}"))
+                    raise
         finally:
             self._flushing.discard(node)
 
@@ -245,10 +256,12 @@ class RedisWindows:
             results = results[1::2]
         redirects: dict[tuple[Address, bool], list[_Call]] = {}
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, (MovedError, AskError)) and hops < MAX_REDIRECTS:
+            redirect = isinstance(result, (MovedError, AskError))
+            if redirect and self._slots is None:
+                _fail(call, WindowsUnavailable(_ONE_NODE_OF_A_CLUSTER))
+            elif redirect and self._slots is not None and hops < MAX_REDIRECTS:
                 to = (result.host, int(result.port))
                 if isinstance(result, MovedError):
-                    assert self._slots is not None
                     self._slots.moved(result.slot_id, to)
                 redirects.setdefault((to, isinstance(result, AskError)), []).append(call)
             elif isinstance(result, Exception):
