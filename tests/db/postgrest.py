@@ -45,6 +45,9 @@ ROW_TABLES = {
     "delivery_of_disabled": "webhook_deliveries",
     "attempt": "webhook_attempts",
     "heartbeat": "worker_heartbeats",
+    "app": "apps",
+    "app_spare": "apps",
+    "app_link": "app_environments",
 }
 
 _SEED = """
@@ -267,6 +270,12 @@ def rpc_cases() -> list[Case]:
     issue = {"project_id": Ref("project"), "kind": "sk"}
     again = {"delivery_id": Ref("delivery")}
     refused = {"delivery_id": Ref("delivery_of_disabled")}
+    forward = {"source_project_id": Ref("project"), "target_project_id": Ref("project_staging")}
+    backward = {"source_project_id": Ref("project_staging"), "target_project_id": Ref("project")}
+    unlinked = {
+        "source_project_id": Ref("project_spare"),
+        "target_project_id": Ref("project_staging"),
+    }
     return [
         Case("owner", "rpc", "issue_api_key", None, issue, None, allowed=True),
         Case("stranger", "rpc", "issue_api_key", None, issue, None, False, "P0002"),
@@ -275,6 +284,11 @@ def rpc_cases() -> list[Case]:
         Case("owner", "rpc", "redeliver_webhook", None, refused, None, False, "PE005"),
         Case("stranger", "rpc", "redeliver_webhook", None, again, None, False, "P0002"),
         Case("anon", "rpc", "redeliver_webhook", None, again, None, False, "42501"),
+        Case("owner", "rpc", "promote_project_limits", None, forward, None, allowed=True),
+        Case("owner", "rpc", "promote_project_limits", None, backward, None, False, "PE009"),
+        Case("owner", "rpc", "promote_project_limits", None, unlinked, None, False, "PE009"),
+        Case("stranger", "rpc", "promote_project_limits", None, forward, None, False, "P0002"),
+        Case("anon", "rpc", "promote_project_limits", None, forward, None, False, "42501"),
     ]
 
 
@@ -296,6 +310,20 @@ def _seed(admin: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, dic
     ids["project"] = one(project_sql, (owner, "shop"))
     ids["project_spare"] = one(project_sql, (owner, "spare"))
     ids["stranger_project"] = one(project_sql, (stranger, "theirs"))
+    ids["project_staging"] = one(
+        "insert into public.projects (owner_id, name, environment) values (%s, %s, 'staging')"
+        " returning id",
+        (owner, "shop staging"),
+    )
+    app_sql = "insert into public.apps (owner_id, name) values (%s, %s) returning id"
+    ids["app"] = one(app_sql, (owner, "shop"))
+    ids["app_spare"] = one(app_sql, (owner, "spare"))
+    ids["stranger_app"] = one(app_sql, (stranger, "theirs"))
+    admin.execute(
+        "insert into public.app_environments (app_id, environment, project_id)"
+        " values (%s, 'dev', %s), (%s, 'staging', %s)",
+        (ids["app"], ids["project"], ids["app"], ids["project_staging"]),
+    )
     issue = "select key_id from public.issue_api_key(%s, %s, %s, %s)"
     # Expires between expectations.SOON and expectations.LATER.
     ids["key"] = one(
@@ -353,6 +381,7 @@ def _seed(admin: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, dic
     keys = {name: {"id": ids[name]} for name in ROW_TABLES if name in ids}
     keys["usage"] = {"project_id": ids["project"], "window_start": window}
     keys["heartbeat"] = {"worker_id": "w1"}
+    keys["app_link"] = {"app_id": ids["app"], "environment": "dev"}
     return ids, keys
 
 
@@ -383,8 +412,10 @@ def _function_types(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], str]
 
 
 @contextlib.contextmanager
-def postgrest_suite(database_url: str) -> Iterator[Suite]:
-    """Seed `database_url` and connect to it as a fresh authenticator role."""
+def authenticator(database_url: str) -> Iterator[str]:
+    """A URL of `database_url` for a fresh role like Supabase's `authenticator`: a non-superuser
+    LOGIN role granted anon, authenticated and service_role, NOINHERIT (it has only what the role
+    it switches to has). Dropped afterwards."""
     role = f"authenticator_{secrets.token_hex(4)}"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(
@@ -394,15 +425,25 @@ def postgrest_suite(database_url: str) -> Iterator[Suite]:
             sql.SQL("grant anon, authenticated, service_role to {}").format(sql.Identifier(role))
         )
         try:
-            ids, keys = _seed(admin)
-            columns = catalog_columns(admin)
-            types = {(t, c): ty for t, cols in columns.items() for c, ty in cols.items()}
-            types.update(_function_types(admin))
-            with psycopg.connect(make_conninfo(database_url, user=role), autocommit=True) as api:
-                suite = Suite(api, ids, keys, types, sorted(columns))
-                with api.transaction(force_rollback=True):
-                    api.execute("select set_config('role', 'service_role', true)")
-                    suite.baseline = suite.fingerprints()
-                yield suite
+            yield make_conninfo(database_url, user=role)
         finally:
             admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+@contextlib.contextmanager
+def postgrest_suite(database_url: str) -> Iterator[Suite]:
+    """Seed `database_url` and connect to it as a fresh authenticator role."""
+    with (
+        authenticator(database_url) as api_url,
+        psycopg.connect(database_url, autocommit=True) as admin,
+    ):
+        ids, keys = _seed(admin)
+        columns = catalog_columns(admin)
+        types = {(t, c): ty for t, cols in columns.items() for c, ty in cols.items()}
+        types.update(_function_types(admin))
+        with psycopg.connect(api_url, autocommit=True) as api:
+            suite = Suite(api, ids, keys, types, sorted(columns))
+            with api.transaction(force_rollback=True):
+                api.execute("select set_config('role', 'service_role', true)")
+                suite.baseline = suite.fingerprints()
+            yield suite
