@@ -276,6 +276,33 @@ class DeliveryDetailOut(Output):
     attempts: list[Attempt] = Field(description="Every HTTP attempt, first first.")
 
 
+class AuditEntryOut(Output):
+    id: int = Field(description="The entry's id; pass as `before` to page past it.")
+    at: datetime = Field(description="When the change was made, in UTC.")
+    project_id: UUID
+    project_name: str = Field(description="The project's name then.")
+    project_environment: Environment = Field(description="The project's environment then.")
+    actor_type: Literal["user", "platform", "worker", "operator"]
+    actor_id: UUID | None = Field(description="The signed-in user who acted, if one did.")
+    action: str = Field(description="`<target>.<verb>`, e.g. `api_key.revoked`.")
+    description: str = Field(description="The action in words.")
+    target_type: str
+    target_id: UUID
+    changes: dict[str, Any] = Field(
+        description='Audited columns that changed: `{"column": {"before": .., "after": ..}}`.'
+    )
+    correlation_id: UUID = Field(description="Shared by the entries of one transaction.")
+    client_address: str | None
+    user_agent: str | None
+
+
+class AuditPageOut(Output):
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` for the next, older page; null on the last page."
+    )
+
+
 class TokenOut(Output):
     access_token: str = Field(description="Send as `Authorization: Bearer <token>`.")
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth token type)

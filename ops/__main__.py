@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from ops import database, keys_cmd, status_cmd, up, worker_cmd
+from ops import audit_cmd, database, keys_cmd, status_cmd, up, worker_cmd
 from shared.settings import PlatformSettings
 
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     keys_cmd.register(commands)
     worker_cmd.register(commands)
     status_cmd.register(commands)
+    audit_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return status_cmd.run(args)
+    if args.command == "audit":
+        return audit_cmd.run(args)
     if args.command in {"suspensions", "deliveries"}:
         return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")
