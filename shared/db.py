@@ -31,6 +31,7 @@ from shared.errors import (
     EnvironmentLocked,
     EnvironmentMismatch,
     InvalidInput,
+    LimitReached,
     NotFound,
     ParityError,
     PermissionDenied,
@@ -63,6 +64,8 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return Conflict(message, hint=hint)
         case "PE006" | "PE007":  # PE007: the audit trail is append-only
             return PermissionDenied(message, hint=hint)
+        case "PE010":  # a platform limit (webhook endpoints per project)
+            return LimitReached(message, hint=hint)
         case "P0002":  # no_data_found, raised by our functions for missing or another's rows
             return NotFound(message, hint=hint)
         case "23505":
