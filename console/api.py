@@ -15,6 +15,7 @@ from console import sessions, signin
 from console.auth import Session, Unauthenticated
 from console.context import ApiSession, Console, ConsoleDep, client_address
 from console.schemas import (
+    AuditAction,
     AuditPageOut,
     CreatedEndpointOut,
     Credentials,
@@ -311,7 +312,7 @@ async def list_audit(
     project_id: UUID,
     state: ConsoleDep,
     session: ApiSession,
-    action: Annotated[str | None, Query(description="Only entries of this action.")] = None,
+    action: Annotated[AuditAction | None, Query(description="Only entries of this action.")] = None,
     before: Annotated[
         int | None,
         Query(ge=1, le=audit.MAX_ENTRY_ID, description="`next_before` of the last page."),
@@ -319,7 +320,14 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=audit.MAX_PAGE)] = 50,
 ) -> AuditPageOut:
     """The project's audit trail, newest first, a page at a time (a deleted project's too)."""
-    page = await audit_page(state, session, project_id, action=action, before=before, limit=limit)
+    page = await audit_page(
+        state,
+        session,
+        project_id,
+        action=None if action is None else action.value,
+        before=before,
+        limit=limit,
+    )
     return AuditPageOut.model_validate(page)
 
 

@@ -349,11 +349,16 @@ def actor_words(entry: audit.AuditEntry, session: Session) -> str:
     return ACTORS[entry.actor_type]
 
 
+def _shown(value: Any) -> str:
+    """A value as typed: text in quotes, unescaped (the page escapes it as HTML), else JSON."""
+    return f'"{value}"' if isinstance(value, str) else json.dumps(value)
+
+
 def change_lines(entry: audit.AuditEntry) -> list[str]:
     """Each changed column as `column: before → after` (a side without a value left out)."""
     lines = []
     for column, change in sorted(entry.changes.items()):
-        before, after = (json.dumps(change.get(side)) for side in ("before", "after"))
+        before, after = (_shown(change.get(side)) for side in ("before", "after"))
         if change.get("before") is None:
             lines.append(f"{column}: {after}")
         elif change.get("after") is None and entry.action.endswith(".deleted"):

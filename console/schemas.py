@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
@@ -22,7 +23,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from shared import users
+from shared import audit, users
 from shared.deliveries import Attempt, Delivery
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Suspension
@@ -274,6 +275,10 @@ class SuspensionStateOut(Output):
 class DeliveryDetailOut(Output):
     delivery: Delivery
     attempts: list[Attempt] = Field(description="Every HTTP attempt, first first.")
+
+
+AuditAction = StrEnum("AuditAction", {action: action for action in audit.ACTIONS})  # type: ignore[misc]
+"""The actions the audit trail records, for the API's `action` filter."""
 
 
 class AuditEntryOut(Output):

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from shared.db import Connection
 from shared.environment import Environment
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, NotFound
 
 ActorType = Literal["user", "platform", "worker", "operator"]
 
@@ -148,7 +148,10 @@ async def list_entries(
         )
         row = await cur.fetchone()
         if row is None:
-            raise InvalidInput(f"unknown cursor {before}: pass next_before from the last page")
+            raise NotFound(
+                f"no audit entry {before} in this project's trail",
+                hint="Pass `next_before` from the previous page as `before`.",
+            )
         conditions.append(sql.SQL("(at, id) < (%(before_at)s, %(before)s)"))
         params |= {"before_at": row["at"], "before": before}
     query = sql.SQL(

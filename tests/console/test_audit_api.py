@@ -66,8 +66,12 @@ async def test_the_trail_pages_newest_first_with_a_cursor(
     assert [e["id"] for e in only["entries"]] == [revoked["id"]]
     assert only["next_before"] is None
 
-    # Bad input: a clear 422, for limits out of bounds, unknown actions and cursors.
-    for params in ({"limit": 0}, {"limit": 101}, {"action": "key.stolen"}, {"before": 10**12}):
+    # Bad input: a clear 422, for limits out of bounds and unknown actions; an unknown cursor 404.
+    missing = await client.get(
+        f"/api/v1/projects/{pid}/audit", params={"before": 10**12}, headers=headers
+    )
+    assert missing.status_code == 404 and "no audit entry" in missing.json()["error"]["message"]
+    for params in ({"limit": 0}, {"limit": 101}, {"action": "key.stolen"}, {"before": 0}):
         response = await client.get(f"/api/v1/projects/{pid}/audit", params=params, headers=headers)
         assert response.status_code == 422, (params, response.text)
         assert response.json()["error"]["code"]
