@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from shared import audit, users
+from shared import audit, users, webhooks
 from shared.deliveries import Attempt, Delivery
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Suspension
@@ -50,6 +50,7 @@ URL_PATTERN: Final = (
     r"^https?://[A-Za-z0-9\-._~!$&'()*+,;=%]+(:[0-9]{1,4})?([/?#]" + _NO_SPACE + r"*)?$"
 )
 EVENT_TYPE_PATTERN: Final = r"^[a-z_]+(\.[a-z_]+)+$"
+ENDPOINT_NAME_PATTERN: Final = f"^{webhooks.NAME_PATTERN.pattern}$"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,14 @@ EventType = Annotated[
     str,
     _length(None, 100),
     Matching(EVENT_TYPE_PATTERN, "expected dotted lower-case words, e.g. project.suspended"),
+]
+EndpointName = Annotated[
+    str,
+    _length(1, 63),
+    Matching(
+        ENDPOINT_NAME_PATTERN,
+        "expected lower-case letters, digits and dashes (not first or last), e.g. orders",
+    ),
 ]
 Email = Annotated[
     str,
@@ -200,10 +209,56 @@ class KeyRotate(Input):
 
 
 class EndpointCreate(Input):
+    name: EndpointName | None = Field(
+        default=None,
+        examples=["orders"],
+        description="Unique within the project: the same endpoint in another environment has "
+        "the same name. Default: from the URL's host and path.",
+    )
     url: Url = Field(examples=["https://example.com/hook"])
     description: Description = ""
     event_types: list[EventType] = Field(
         default_factory=list, max_length=50, description="Empty: every event type."
+    )
+
+
+class AppCreate(Input):
+    name: Name = Field(examples=["shop"])
+    create_projects: bool = Field(
+        default=False,
+        description="Also create one project per environment (<name>-dev, <name>-staging, "
+        "<name>-prod), linked into the app.",
+    )
+
+
+class AppLink(Input):
+    project_id: UUID = Field(description="A project of yours whose environment is this slot's.")
+
+
+class PromotionCreate(Input):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    source: Environment = Field(alias="from", description="dev or staging.")
+    target: Environment = Field(alias="to", description="staging or prod, after `from`.")
+    dry_run: bool = Field(default=True, description="true: return the plan, change nothing.")
+    fingerprint: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The dry run's fingerprint; required to apply (409 if either side changed).",
+    )
+    include_limits: bool = Field(
+        default=False, description="Also copy the base rate limit and hard cap."
+    )
+    urls: dict[EndpointName, Url] = Field(
+        default_factory=dict,
+        max_length=500,
+        description="The target's URL for each endpoint the promotion creates, by name.",
+    )
+    carry_urls: bool = Field(
+        default=False, description="Create endpoints with the source's URL where urls has none."
+    )
+    confirm_name: Annotated[str, _length(None, 100), NO_NUL] | None = Field(
+        default=None, description="The target project's name; required into prod (422 without)."
     )
 
 
@@ -259,6 +314,49 @@ class IssuedKeyOut(Output):
 class CreatedEndpointOut(Output):
     endpoint: WebhookEndpoint
     secret: str = Field(description="Standard Webhooks signing secret. Shown this once.")
+
+
+class AppOut(Output):
+    id: UUID
+    name: str
+    created_at: datetime
+    environments: dict[Environment, UUID | None] = Field(
+        description="The project linked as each environment, or null."
+    )
+
+
+class DifferenceOut(Output):
+    model_config = ConfigDict(from_attributes=True, frozen=True, populate_by_name=True)
+
+    klass: Literal["policy", "environment-specific", "drift"] = Field(alias="class")
+    field: str = Field(examples=["endpoints.orders.event_types"])
+    source: Any = Field(alias="from")
+    target: Any = Field(alias="to")
+    promotable: bool = Field(
+        description="A promotion from `from` makes it vanish (limits: with include_limits)."
+    )
+
+
+class ParityOut(Output):
+    model_config = ConfigDict(from_attributes=True, frozen=True, populate_by_name=True)
+
+    source: Environment = Field(alias="from")
+    target: Environment = Field(alias="to")
+    differences: list[DifferenceOut]
+
+
+class PromotionOut(Output):
+    model_config = ConfigDict(from_attributes=True, frozen=True, populate_by_name=True)
+
+    source: Environment = Field(alias="from")
+    target: Environment = Field(alias="to")
+    plan: list[dict[str, Any]] = Field(description="The changes, in the order they apply.")
+    fingerprint: str
+    applied: bool
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Signing secrets of the endpoints created, by name. Shown this once.",
+    )
 
 
 class TestEventOut(Output):

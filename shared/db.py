@@ -64,6 +64,12 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return Conflict(message, hint=hint)
         case "PE006" | "PE007":  # PE007: the audit trail is append-only
             return PermissionDenied(message, hint=hint)
+        # PE008 (an app's environment slots), PE009 (a promotion that is not one forward step
+        # inside one app): raised by the apps migration.
+        case "PE008":
+            return Conflict(message, hint=hint)
+        case "PE009":
+            return InvalidInput(message, hint=hint)
         case "PE010":  # a platform limit (webhook endpoints per project)
             return LimitReached(message, hint=hint)
         case "P0002":  # no_data_found, raised by our functions for missing or another's rows

@@ -204,14 +204,17 @@ as $$
         'revoked_at', k.revoked_at)
 $$;
 
+-- Picked by name from the row, so that `name`, which the next migration (20261202000000_apps)
+-- adds to endpoints, is audited from then on: a column list still, the secret is not in it.
 create function private.audit_webhook_endpoint_columns(e public.webhook_endpoints) returns jsonb
 language sql
 immutable
 set search_path = ''
 as $$
-    select jsonb_build_object(
-        'url', e.url, 'description', e.description, 'event_types', e.event_types,
-        'enabled', e.enabled, 'disabled_by', e.disabled_by, 'disabled_reason', e.disabled_reason)
+    select coalesce(jsonb_object_agg(c.key, c.value), '{}'::jsonb)
+      from jsonb_each(to_jsonb(e)) as c
+     where c.key in ('name', 'url', 'description', 'event_types', 'enabled', 'disabled_by',
+                     'disabled_reason')
 $$;
 
 create function private.audit_suspension_columns(s public.suspensions) returns jsonb
@@ -355,7 +358,7 @@ begin
         private.audit_webhook_endpoint_columns(old), private.audit_webhook_endpoint_columns(new));
     other_changes := all_changes;
     if new.enabled is distinct from old.enabled then
-        other_changes := all_changes - array['enabled', 'disabled_by', 'disabled_reason'];
+        other_changes := all_changes - array['enabled', 'disabled_by', 'disabled_reason']::text[];
         perform private.audit_write(null, new.project_id,
             case when new.enabled then 'webhook_endpoint.enabled'
                  else 'webhook_endpoint.disabled' end,
@@ -468,6 +471,7 @@ comment on function private.purge_audit_log(interval, integer) is
 -- Each takes a SHARE ROW EXCLUSIVE lock on its table until the migration commits: only these
 -- catalog changes run under them. Column-scoped: the gateway's last_used_at flush and the
 -- worker's delivery bookkeeping do not fire them (the deliveries' one checks a WHEN first).
+-- Not wrapped in a lock-retry loop: none exists at this point of the migration history.
 
 create trigger webhook_deliveries_audit
     after update of status on public.webhook_deliveries
@@ -478,9 +482,11 @@ create trigger webhook_deliveries_audit
 create trigger webhook_endpoints_audit
     after insert or delete on public.webhook_endpoints
     for each row execute function private.audit_webhook_endpoints();
+-- Not column-scoped: endpoints gain columns (`name`) after this migration, and are written
+-- rarely (owners' edits, a receiver's 410); the function writes nothing unless an audited
+-- column changed.
 create trigger webhook_endpoints_audit_update
-    after update of url, description, event_types, enabled, disabled_by, disabled_reason
-    on public.webhook_endpoints
+    after update on public.webhook_endpoints
     for each row execute function private.audit_webhook_endpoints();
 
 create trigger api_keys_audit

@@ -198,8 +198,69 @@ TABLES: dict[str, Table] = {
             ),
             "disabled_by": Col("receiver"),
             "secret": Col("whsec_c3RvbGVu", insert=True),
+            "name": Col(
+                "renamed",
+                insert=True,
+                update=True,
+                writes=(
+                    Write("update", "Not a slug", sqlstate="23514"),
+                    # Unique within the project: endpoint_by_owner's name, derived from its URL.
+                    Write("update", "example-com-endpoint-by-owner", sqlstate="23505"),
+                ),
+            ),
             "created_at": Col(PAST),
             "updated_at": Col(PAST),
+        },
+    ),
+    "apps": Table(
+        target="app",
+        insert={"owner_id": Ref("owner"), "name": "new app"},
+        delete=True,
+        columns={
+            "id": Col("00000000-0000-4000-8000-000000000007"),
+            "owner_id": Col(
+                Ref("stranger"),
+                insert=True,
+                new=Ref("owner"),
+                writes=(Write("insert", Ref("stranger"), sqlstate="42501"),),
+            ),
+            "name": Col("renamed", insert=True, update=True),
+            "created_at": Col(PAST),
+        },
+    ),
+    "app_environments": Table(
+        target="app_link",
+        # project_spare (dev) into the empty app_spare.
+        insert={
+            "app_id": Ref("app_spare"),
+            "environment": "dev",
+            "project_id": Ref("project_spare"),
+        },
+        delete=True,
+        columns={
+            "app_id": Col(
+                Ref("app_spare"),
+                insert=True,
+                writes=(
+                    Write("insert", Ref("stranger_app"), sqlstate="42501"),
+                    Write("insert", Ref("app"), sqlstate="PE008"),  # its dev slot is filled
+                ),
+            ),
+            "environment": Col(
+                "prod",
+                insert=True,
+                new="dev",
+                writes=(Write("insert", "prod", sqlstate="PE008"),),  # project_spare is dev
+            ),
+            "project_id": Col(
+                Ref("project_spare"),
+                insert=True,
+                writes=(
+                    Write("insert", Ref("stranger_project"), sqlstate="42501"),
+                    Write("insert", Ref("project"), sqlstate="PE008"),  # already in app
+                ),
+            ),
+            "linked_at": Col(PAST),
         },
     ),
     "webhook_deliveries": Table(
@@ -275,4 +336,5 @@ TABLES: dict[str, Table] = {
 FUNCTIONS: dict[str, set[str]] = {
     "issue_api_key": {"authenticated"},
     "redeliver_webhook": {"authenticated"},
+    "promote_project_limits": {"authenticated"},
 }

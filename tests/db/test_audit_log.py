@@ -100,6 +100,8 @@ OWNER_ACTIONS: list[tuple[str, str, dict[str, Any], str | None, str, dict[str, A
     ("update", "webhook_endpoints", {"url": "https://example.com/moved"}, "endpoint",
      "webhook_endpoint.updated",
      {"url": {"before": "https://example.com/endpoint", "after": "https://example.com/moved"}}),
+    ("update", "webhook_endpoints", {"name": "orders"}, "endpoint", "webhook_endpoint.updated",
+     None),
     ("update", "webhook_endpoints", {"enabled": False}, "endpoint", "webhook_endpoint.disabled",
      {"enabled": {"before": True, "after": False},
       "disabled_by": {"before": None, "after": "owner"}}),
@@ -154,6 +156,11 @@ def test_every_owner_action_through_postgrest_leaves_one_entry(
     assert expiry["before"] is None and expiry["after"] is not None
     created = by_action["webhook_endpoint.created"]["changes"]
     assert created["url"] == {"before": None, "after": "https://example.com/new"}
+    assert created["name"]["before"] is None and created["name"]["after"]  # named from its URL
+    renamed = _entries_after(database_url, 0)
+    named = [e for e in renamed if e["changes"].get("name", {}).get("after") == "orders"]
+    assert [e["action"] for e in named] == ["webhook_endpoint.updated"]
+    assert set(named[0]["changes"]) == {"name"}
     assert "secret" not in json.dumps(created)
     deleted = by_action["project.deleted"]
     assert deleted["changes"]["name"] == {"before": "renamed", "after": None}

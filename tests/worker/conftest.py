@@ -51,6 +51,18 @@ FAST: dict[str, Any] = {
 }
 
 
+HANGING_ENDPOINT_TIMEOUT = 2.0
+BUSY_WITH_A_HANGING_ENDPOINT: dict[str, Any] = {
+    "request_timeout_seconds": HANGING_ENDPOINT_TIMEOUT,
+    "concurrency": 50,
+    "batch_size": 200,
+    "endpoint_concurrency": 4,
+    "retry_schedule_seconds": [600.0],
+    "poll_interval_seconds": 5.0,  # other webhooks must come by notification, not by polling
+}
+"""Worker settings of the fairness tests: a hanging endpoint's backlog times out 4 at a time."""
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
