@@ -24,6 +24,7 @@ from console.schemas import (
     Credentials,
     DeliveryDetailOut,
     EndpointCreate,
+    EndpointOut,
     EnvironmentOut,
     ErrorOut,
     IssuedKeyOut,
@@ -47,7 +48,6 @@ from shared.deliveries import Delivery
 from shared.environment import Environment
 from shared.errors import PermissionDenied
 from shared.projects import Project
-from shared.webhooks import WebhookEndpoint
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "Not signed in"},
@@ -238,11 +238,11 @@ async def rotate_key(
 @router.get("/projects/{project_id}/webhook-endpoints", tags=["webhooks"])
 async def list_endpoints(
     project_id: UUID, state: ConsoleDep, session: ApiSession
-) -> list[WebhookEndpoint]:
+) -> list[EndpointOut]:
     async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         await projects.get_project(conn, project_id)
         found = await webhooks.list_endpoints(conn, project_id)
-    return found
+    return [EndpointOut.of(endpoint) for endpoint in found]
 
 
 @router.post(
@@ -270,25 +270,23 @@ async def create_endpoint(
             description=body.description,
             event_types=body.event_types,
         )
-    return CreatedEndpointOut(endpoint=created.endpoint, secret=created.secret)
+    return CreatedEndpointOut(endpoint=EndpointOut.of(created.endpoint), secret=created.secret)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
 async def disable_endpoint(
     endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, False)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
-async def enable_endpoint(
-    endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+async def enable_endpoint(endpoint_id: UUID, state: ConsoleDep, session: ApiSession) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, True)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.delete(
@@ -435,28 +433,28 @@ def app_out(app: apps.App) -> AppOut:
 @router.post("/apps", status_code=status.HTTP_201_CREATED, tags=["apps"])
 async def create_app(body: AppCreate, state: ConsoleDep, session: ApiSession) -> AppOut:
     """An app: up to one project per environment, compared by the parity report."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         app = await apps.create_app(conn, body.name, create_projects=body.create_projects)
     return app_out(app)
 
 
 @router.get("/apps", tags=["apps"])
 async def list_apps(state: ConsoleDep, session: ApiSession) -> list[AppOut]:
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         found = await apps.list_apps(conn)
     return [app_out(app) for app in found]
 
 
 @router.get("/apps/{app_id}", tags=["apps"])
 async def get_app(app_id: UUID, state: ConsoleDep, session: ApiSession) -> AppOut:
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         return app_out(await apps.get_app(conn, app_id))
 
 
 @router.delete("/apps/{app_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["apps"])
 async def delete_app(app_id: UUID, state: ConsoleDep, session: ApiSession) -> Response:
     """Delete the app; its projects stay."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         await apps.delete_app(conn, app_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -467,7 +465,7 @@ async def link_environment(
 ) -> AppOut:
     """Link a project as this environment of the app: its environment must be this one (409
     otherwise), and the slot empty or already its own (409 otherwise)."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         return app_out(await apps.link(conn, app_id, environment, body.project_id))
 
 
@@ -476,7 +474,7 @@ async def unlink_environment(
     app_id: UUID, environment: Environment, state: ConsoleDep, session: ApiSession
 ) -> AppOut:
     """Empty this environment's slot; the project itself stays."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         return app_out(await apps.unlink(conn, app_id, environment))
 
 
@@ -490,7 +488,7 @@ async def parity_report(
 ) -> ParityOut:
     """Every difference between two environments of the app, field by field, classed as policy
     (the environments behave differently on purpose), environment-specific (URLs) or drift."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         differences = await parity.report(conn, app_id, source, target)
     return ParityOut.model_validate(
         {"from": source, "to": target, "differences": [d.as_json() for d in differences]}
@@ -505,7 +503,7 @@ async def promote(
     fingerprint; applying with that fingerprint applies exactly that plan in one transaction
     (409 if either side changed since). Into prod, confirm_name must be the target's name."""
     response.headers["Cache-Control"] = "no-store"
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         promotion = await parity.promote(
             conn,
             app_id,

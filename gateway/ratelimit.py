@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from uuid import UUID
 
-import redis.asyncio as redis
 from loguru import logger
 from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, MovedError, RedisError
@@ -117,6 +116,11 @@ DOWN_SECONDS: Final = 0.2
 
 MAX_REDIRECTS: Final = 2
 
+_ONE_NODE_OF_A_CLUSTER: Final = (
+    "REDIS_URL names one node of a Redis Cluster, which redirects:"
+    " list the nodes as redis+cluster://host:port,host:port"
+)
+
 
 @dataclass(slots=True)
 class _Call:
@@ -145,12 +149,12 @@ class RedisWindows:
         self, url: str, *, key_prefix: str, timeout_seconds: float = 0.45, retries: int = 1
     ) -> None:
         target = parse_redis_url(url)
-        bounds = {"timeout_seconds": timeout_seconds, "retries": retries}
-        self._slots = SlotMap(target, **bounds) if target.cluster else None  # type: ignore[arg-type]
-        self._client = (
-            self._slots.client(target.nodes[0]) if self._slots else redis_client(url, **bounds)  # type: ignore[arg-type]
-        )
-        assert isinstance(self._client, redis.Redis)
+        self._slots: SlotMap | None = None
+        if target.cluster:
+            self._slots = SlotMap(target, timeout_seconds=timeout_seconds, retries=retries)
+            self._client = self._slots.client(target.nodes[0])
+        else:
+            self._client = redis_client(url, timeout_seconds=timeout_seconds, retries=retries)
         self._deadline = timeout_seconds * (1 + retries)
         self._script = self._client.register_script(_HIT)
         self._peek = self._client.register_script(_PEEK)
@@ -167,10 +171,11 @@ class RedisWindows:
         answers): a warning says so."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while self._slots is not None:
-            await self._slots.refresh()
-            if self._slots.owner(self._prefix) is not None or loop.time() > deadline:
+        while self._slots is not None and not self._slots.masters():
+            if loop.time() > deadline:
+                logger.warning("no Redis Cluster node answered at start: decisions are refused")
                 return
+            await self._slots.refresh()
             await asyncio.sleep(0.1)
 
     def storage_key(self, key: str) -> str:
@@ -223,7 +228,13 @@ class RedisWindows:
     async def _flush(self, node: Address | None) -> None:
         try:
             while batch := self._queues.pop(node, None):
-                await self._send(node, batch)
+                try:
+                    await self._send(node, batch)
+                except Exception as exc:
+                    # A bug here must not leave requests waiting for ever.
+                    for call in batch:
+                        _fail(call, WindowsUnavailable(f"{type(exc).__name__}: {exc}"))
+                    raise
         finally:
             self._flushing.discard(node)
 
@@ -245,10 +256,12 @@ class RedisWindows:
             results = results[1::2]
         redirects: dict[tuple[Address, bool], list[_Call]] = {}
         for call, result in zip(batch, results, strict=True):
-            if isinstance(result, (MovedError, AskError)) and hops < MAX_REDIRECTS:
+            redirect = isinstance(result, (MovedError, AskError))
+            if redirect and self._slots is None:
+                _fail(call, WindowsUnavailable(_ONE_NODE_OF_A_CLUSTER))
+            elif redirect and self._slots is not None and hops < MAX_REDIRECTS:
                 to = (result.host, int(result.port))
                 if isinstance(result, MovedError):
-                    assert self._slots is not None
                     self._slots.moved(result.slot_id, to)
                 redirects.setdefault((to, isinstance(result, AskError)), []).append(call)
             elif isinstance(result, Exception):

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import pytest
+from limits import parse
 
 from console.settings import ConsoleSettings
-from console.signin import SignInThrottle, TooManySignIns
+from console.signin import SignInThrottle, SignInUnavailable, TooManySignIns
 from gateway.errors import RateLimiterUnavailable
 from gateway.ratelimit import ProjectRateLimiter, RedisWindows
 from ops.rediscluster import Cluster
@@ -143,3 +144,42 @@ async def test_a_hanging_master_refuses_only_its_own_slots_and_within_the_bound(
     # (1 + retries) x timeout = 0.9 s, and some slack for a busy machine: not a speed test,
     # a bound against waiting on a dead node for the OS's TCP timeouts.
     assert waited < 2.0
+
+
+async def test_a_single_server_url_naming_a_cluster_node_is_refused_clearly(
+    cluster: Cluster,
+) -> None:
+    node = cluster.nodes[0]
+    windows = RedisWindows(f"redis://{node.address}/0", key_prefix="parity-test")
+    limiter = ProjectRateLimiter(windows, window_seconds=WINDOW)
+    try:
+        elsewhere = next(
+            p
+            for p in (uuid4() for _ in range(100))
+            if cluster.owner(cluster.keyslot(str(p))) is not node
+        )
+        with pytest.raises(RateLimiterUnavailable) as refused:
+            await limiter.hit(elsewhere, 5)
+        assert "redis+cluster://" in str(refused.value.__cause__)
+    finally:
+        await windows.close()
+
+
+async def test_the_sign_in_throttle_refuses_with_503_when_its_master_is_down(
+    cluster: Cluster,
+) -> None:
+    settings = ConsoleSettings(
+        _env_file=None, signin_limit_per_account="3/minute", signin_limit_per_address="100/minute"
+    )
+    throttle = SignInThrottle(settings, PlatformSettings(_env_file=None, redis_url=cluster.url))
+    address = "10.0.0.1"
+    await throttle.attempt(f"{uuid4().hex}@example.com", address)  # learns the slot map
+    # The address is counted first: its key's master goes away.
+    key = f"LIMITS:{parse(settings.signin_limit_per_address).key_for('signin-address', address)}"
+    cluster.kill(cluster.owner(cluster.keyslot(key)))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(SignInUnavailable):
+        await throttle.attempt(f"{uuid4().hex}@example.com", address)
+    # Bounded, not a speed test: the OS's TCP timeouts would be minutes.
+    assert loop.time() - started < 5.0

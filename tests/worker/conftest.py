@@ -123,15 +123,20 @@ class Receiver:
 
 @contextlib.asynccontextmanager
 async def serving(
-    receiver: Receiver, path: str = "/hook", *, hang_up_with_client: bool = False
+    receiver: Receiver,
+    path: str = "/hook",
+    *,
+    hang_up_with_client: bool = False,
+    port: int = 0,
 ) -> AsyncIterator[Receiver]:
-    """`receiver` on loopback; with `hang_up_with_client`, a request whose client went away
-    stops being handled (a receiver that never answers then ends with the test, not a minute on)."""
+    """`receiver` on loopback (on `port`, else a free one); with `hang_up_with_client`, a request
+    whose client went away stops being handled (a receiver that never answers then ends with the
+    test, not a minute on)."""
     app = web.Application()
     app.router.add_post(path, receiver.handle)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=hang_up_with_client)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     host, port = runner.addresses[0][:2]
     receiver.url = f"http://{host}:{port}{path}"
