@@ -26,6 +26,7 @@ from shared.errors import (
     EnvironmentLocked,
     EnvironmentMismatch,
     InvalidInput,
+    LimitReached,
     NotFound,
     ParityError,
     PermissionDenied,
@@ -52,6 +53,8 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return Conflict(message, hint=hint)
         case "PE006":
             return PermissionDenied(message, hint=hint)
+        case "PE010":  # a platform limit (webhook endpoints per project)
+            return LimitReached(message, hint=hint)
         case "P0002":  # no_data_found, raised by our functions for missing or another's rows
             return NotFound(message, hint=hint)
         case "23505":

@@ -47,6 +47,12 @@ class Conflict(ParityError):
     code = "CONFLICT"
 
 
+class LimitReached(Conflict):
+    """A platform limit is reached: remove something first, or ask for a higher limit."""
+
+    code = "LIMIT_REACHED"
+
+
 class PermissionDenied(ParityError):
     """You are not allowed to do that."""
 

@@ -271,6 +271,32 @@ async def test_webhook_endpoints_secret_once_test_event_and_redelivery(
     assert (await client.get(url, headers=alice.headers)).json() == []
 
 
+async def test_a_project_past_its_endpoint_limit_gets_a_409_and_nothing_is_created(
+    client: httpx.AsyncClient, sign_in_as: SignInAs
+) -> None:
+    alice = await sign_in_as("alice@example.com")
+    project = await create_project(client, alice.headers, "p")
+    url = f"/api/v1/projects/{project['id']}/webhook-endpoints"
+    for n in range(50):  # the default limit (private.platform_limits)
+        created = await client.post(
+            url, json={"url": f"https://example.com/{n}"}, headers=alice.headers
+        )
+        assert created.status_code == 201, created.text
+
+    refused = await client.post(url, json={"url": "https://example.com/x"}, headers=alice.headers)
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "LIMIT_REACHED"
+    assert error["message"] == (
+        f"project {project['id']} already has 50 webhook endpoints,"
+        " the most a project may have (50)"
+    )
+    assert "Delete an endpoint" in error["hint"]
+    assert "secret" not in refused.json()
+    listed = (await client.get(url, headers=alice.headers)).json()
+    assert len(listed) == 50 and "https://example.com/x" not in {e["url"] for e in listed}
+
+
 async def test_suspension_state_shows_reason_and_history(
     client: httpx.AsyncClient, sign_in_as: SignInAs, db: Database
 ) -> None:

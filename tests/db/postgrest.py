@@ -383,8 +383,10 @@ def _function_types(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], str]
 
 
 @contextlib.contextmanager
-def postgrest_suite(database_url: str) -> Iterator[Suite]:
-    """Seed `database_url` and connect to it as a fresh authenticator role."""
+def authenticator(database_url: str) -> Iterator[str]:
+    """A URL of `database_url` for a fresh role like Supabase's `authenticator`: a non-superuser
+    LOGIN role granted anon, authenticated and service_role, NOINHERIT (it has only what the role
+    it switches to has). Dropped afterwards."""
     role = f"authenticator_{secrets.token_hex(4)}"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(
@@ -394,15 +396,25 @@ def postgrest_suite(database_url: str) -> Iterator[Suite]:
             sql.SQL("grant anon, authenticated, service_role to {}").format(sql.Identifier(role))
         )
         try:
-            ids, keys = _seed(admin)
-            columns = catalog_columns(admin)
-            types = {(t, c): ty for t, cols in columns.items() for c, ty in cols.items()}
-            types.update(_function_types(admin))
-            with psycopg.connect(make_conninfo(database_url, user=role), autocommit=True) as api:
-                suite = Suite(api, ids, keys, types, sorted(columns))
-                with api.transaction(force_rollback=True):
-                    api.execute("select set_config('role', 'service_role', true)")
-                    suite.baseline = suite.fingerprints()
-                yield suite
+            yield make_conninfo(database_url, user=role)
         finally:
             admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+@contextlib.contextmanager
+def postgrest_suite(database_url: str) -> Iterator[Suite]:
+    """Seed `database_url` and connect to it as a fresh authenticator role."""
+    with (
+        authenticator(database_url) as api_url,
+        psycopg.connect(database_url, autocommit=True) as admin,
+    ):
+        ids, keys = _seed(admin)
+        columns = catalog_columns(admin)
+        types = {(t, c): ty for t, cols in columns.items() for c, ty in cols.items()}
+        types.update(_function_types(admin))
+        with psycopg.connect(api_url, autocommit=True) as api:
+            suite = Suite(api, ids, keys, types, sorted(columns))
+            with api.transaction(force_rollback=True):
+                api.execute("select set_config('role', 'service_role', true)")
+                suite.baseline = suite.fingerprints()
+            yield suite

@@ -298,3 +298,21 @@ def test_the_concurrent_index_builds_give_up_after_the_total_and_can_be_pushed_a
         ("webhook_deliveries_endpoint_queue_idx", True),
         ("webhook_deliveries_leased_idx", True),
     ]
+
+
+def test_the_delivery_queue_is_vacuumed_as_a_queue_table(database_url: str) -> None:
+    # Every delivery is updated two or three times, none of them HOT: the default (20% of a
+    # table that only grows) leaves dead entries at the head of each endpoint's queue for minutes.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select c.relname, o.option_name, o.option_value"
+            " from pg_class c cross join pg_options_to_table(c.reloptions) o"
+            " where c.relnamespace = 'public'::regnamespace and o.option_name like 'autovacuum%'"
+            " order by 1, 2"
+        ).fetchall()
+    assert rows == [
+        ("webhook_deliveries", "autovacuum_analyze_scale_factor", "0.02"),
+        ("webhook_deliveries", "autovacuum_vacuum_insert_scale_factor", "0.01"),
+        ("webhook_deliveries", "autovacuum_vacuum_scale_factor", "0.01"),
+        ("webhook_deliveries", "autovacuum_vacuum_threshold", "1000"),
+    ]
