@@ -149,6 +149,32 @@ def test_every_migration_starts_with_the_timeouts() -> None:
     assert missing == [], f"migrations without the lock and statement timeout header: {missing}"
 
 
+HELPER_DEFINED_IN = ENVIRONMENTS
+HELPER_LANDED_AFTER = "20261001000000"
+"""The last migration written before private.with_lock_retries existed."""
+
+
+def helper_definition(text: str) -> str:
+    start = text.index("create or replace function private.lock_retries_total()")
+    end = text.index("revoke all on function private.lock_retries_total()", start)
+    return text[start:end]
+
+
+def test_later_migrations_using_the_lock_retries_define_them_first() -> None:
+    """A database that applied the environments migration before the helper was added to it does
+    not have it: a later migration that calls it creates it first, exactly as defined there."""
+    paths = sorted((database.SUPABASE_DIR / "migrations").glob("*.sql"))
+    (original,) = [p for p in paths if p.name.startswith(HELPER_DEFINED_IN)]
+    definition = helper_definition(original.read_text())
+    later = [p for p in paths if p.name.split("_", 1)[0] > HELPER_LANDED_AFTER]
+    for path in later:
+        text = path.read_text()
+        if "select private.with_lock_retries(" not in text:
+            continue
+        assert definition in text, f"{path.name} calls the lock retries without defining them"
+        assert text.index(definition) < text.index("select private.with_lock_retries("), path.name
+
+
 def schema_of(url: str) -> list[str]:
     """What the migrations define, one line per column, constraint, trigger, policy, function,
     type and table grant in the platform's schemas: equal lists, equal schemas."""
