@@ -3,6 +3,7 @@ its projects read prod; the environment column refuses anything but the three en
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -173,6 +174,45 @@ def test_later_migrations_using_the_lock_retries_define_them_first() -> None:
             continue
         assert definition in text, f"{path.name} calls the lock retries without defining them"
         assert text.index(definition) < text.index("select private.with_lock_retries("), path.name
+
+
+_DOLLAR_QUOTED = re.compile(r"(\$[a-z_]*\$).*?\1", re.S)
+_LINE_COMMENT = re.compile(r"--[^\n]*")
+_CREATES_TABLE = re.compile(r"^create table (?:if not exists )?(\w+\.\w+)")
+# Statements whose lock conflicts with reads or writes of an existing table, when not given to
+# private.with_lock_retries: ALTER TABLE (but VALIDATE CONSTRAINT and storage parameters, under
+# SHARE UPDATE EXCLUSIVE), triggers, policies, a plain index build, a foreign key to it, LOCK.
+_LOCKS_TABLE = [
+    re.compile(r"^alter table (?:only )?(?:if exists )?(\w+\.\w+) (?!validate constraint|set \()"),
+    re.compile(
+        r"^(?:create (?:or replace )?|drop )(?:constraint )?trigger .*? on (\w+\.\w+)", re.S
+    ),
+    re.compile(r"^(?:create|drop|alter) policy .*? on (\w+\.\w+)", re.S),
+    re.compile(r"^create (?:unique )?index (?!concurrently).*? on (?:only )?(\w+\.\w+)", re.S),
+    re.compile(r"\breferences (\w+\.\w+)"),
+    re.compile(r"^lock (?:table )?(\w+\.\w+)"),
+]
+
+
+def test_lock_taking_statements_on_tables_in_use_go_through_the_lock_retries() -> None:
+    """Outside private.with_lock_retries, no migration after the pre-environment one takes a
+    lock that reads or writes of an existing table wait for (auth.users included). Written as
+    our migrations are: schema-qualified names, lower case; a new table is free until the
+    migration that created it has been applied."""
+    in_use = {"auth.users"}
+    unwrapped: list[str] = []
+    for path in sorted((database.SUPABASE_DIR / "migrations").glob("*.sql")):
+        text = _LINE_COMMENT.sub("", _DOLLAR_QUOTED.sub("$$", path.read_text().lower()))
+        statements = [" ".join(part.split()) for part in text.split(";")]
+        created = {m.group(1) for st in statements if (m := _CREATES_TABLE.match(st))}
+        if not path.name.startswith(PRE_ENVIRONMENT):
+            for statement in statements:
+                for pattern in _LOCKS_TABLE:
+                    match = pattern.search(statement)
+                    if match and match.group(1) in in_use:
+                        unwrapped.append(f"{path.name}: {statement[:80]}")
+        in_use |= created
+    assert unwrapped == [], "\n".join(unwrapped)
 
 
 def schema_of(url: str) -> list[str]:
