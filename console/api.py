@@ -4,18 +4,23 @@ another user's rows are simply not there, so they answer 404 exactly like missin
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from console import sessions, signin
 from console.auth import Unauthenticated
 from console.context import ApiSession, ConsoleDep, client_address
 from console.schemas import (
+    AppCreate,
+    AppLink,
+    AppOut,
     CreatedEndpointOut,
     Credentials,
     DeliveryDetailOut,
     EndpointCreate,
+    EndpointOut,
     EnvironmentOut,
     ErrorOut,
     IssuedKeyOut,
@@ -23,20 +28,22 @@ from console.schemas import (
     KeyOut,
     KeyRotate,
     MeOut,
+    ParityOut,
     ProjectCreate,
     ProjectUpdate,
+    PromotionCreate,
+    PromotionOut,
     SuspensionStateOut,
     TestEvent,
     TestEventOut,
     TokenOut,
 )
-from shared import apikeys, deliveries, projects, suspensions, webhooks
+from shared import apikeys, apps, deliveries, parity, projects, suspensions, webhooks
 from shared.apikeys import ApiKey, IssuedKey
 from shared.deliveries import Delivery
 from shared.environment import Environment
 from shared.errors import PermissionDenied
 from shared.projects import Project
-from shared.webhooks import WebhookEndpoint
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "Not signed in"},
@@ -225,11 +232,11 @@ async def rotate_key(
 @router.get("/projects/{project_id}/webhook-endpoints", tags=["webhooks"])
 async def list_endpoints(
     project_id: UUID, state: ConsoleDep, session: ApiSession
-) -> list[WebhookEndpoint]:
+) -> list[EndpointOut]:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         await projects.get_project(conn, project_id)
         found = await webhooks.list_endpoints(conn, project_id)
-    return found
+    return [EndpointOut.of(endpoint) for endpoint in found]
 
 
 @router.post(
@@ -250,27 +257,30 @@ async def create_endpoint(
         # Looked up first so another user's project answers 404, not an RLS refusal.
         await projects.get_project(conn, project_id)
         created = await webhooks.create_endpoint(
-            conn, project_id, body.url, description=body.description, event_types=body.event_types
+            conn,
+            project_id,
+            body.url,
+            name=body.name,
+            description=body.description,
+            event_types=body.event_types,
         )
-    return CreatedEndpointOut(endpoint=created.endpoint, secret=created.secret)
+    return CreatedEndpointOut(endpoint=EndpointOut.of(created.endpoint), secret=created.secret)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
 async def disable_endpoint(
     endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, False)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
-async def enable_endpoint(
-    endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+async def enable_endpoint(endpoint_id: UUID, state: ConsoleDep, session: ApiSession) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, True)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.delete(
@@ -329,3 +339,110 @@ async def redeliver(delivery_id: UUID, state: ConsoleDep, session: ApiSession) -
         delivery = await deliveries.redeliver(conn, delivery_id)
         attempts = await deliveries.list_attempts(conn, delivery_id)
     return DeliveryDetailOut(delivery=delivery, attempts=attempts)
+
+
+# Apps --------------------------------------------------------------------------------------------
+
+
+def app_out(app: apps.App) -> AppOut:
+    return AppOut(
+        id=app.id, name=app.name, created_at=app.created_at, environments=app.environments
+    )
+
+
+@router.post("/apps", status_code=status.HTTP_201_CREATED, tags=["apps"])
+async def create_app(body: AppCreate, state: ConsoleDep, session: ApiSession) -> AppOut:
+    """An app: up to one project per environment, compared by the parity report."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        app = await apps.create_app(conn, body.name, create_projects=body.create_projects)
+    return app_out(app)
+
+
+@router.get("/apps", tags=["apps"])
+async def list_apps(state: ConsoleDep, session: ApiSession) -> list[AppOut]:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        found = await apps.list_apps(conn)
+    return [app_out(app) for app in found]
+
+
+@router.get("/apps/{app_id}", tags=["apps"])
+async def get_app(app_id: UUID, state: ConsoleDep, session: ApiSession) -> AppOut:
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        return app_out(await apps.get_app(conn, app_id))
+
+
+@router.delete("/apps/{app_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["apps"])
+async def delete_app(app_id: UUID, state: ConsoleDep, session: ApiSession) -> Response:
+    """Delete the app; its projects stay."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        await apps.delete_app(conn, app_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/apps/{app_id}/environments/{environment}", tags=["apps"])
+async def link_environment(
+    app_id: UUID, environment: Environment, body: AppLink, state: ConsoleDep, session: ApiSession
+) -> AppOut:
+    """Link a project as this environment of the app: its environment must be this one (409
+    otherwise), and the slot empty or already its own (409 otherwise)."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        return app_out(await apps.link(conn, app_id, environment, body.project_id))
+
+
+@router.delete("/apps/{app_id}/environments/{environment}", tags=["apps"])
+async def unlink_environment(
+    app_id: UUID, environment: Environment, state: ConsoleDep, session: ApiSession
+) -> AppOut:
+    """Empty this environment's slot; the project itself stays."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        return app_out(await apps.unlink(conn, app_id, environment))
+
+
+@router.get("/apps/{app_id}/parity", tags=["apps"], response_model_by_alias=True)
+async def parity_report(
+    app_id: UUID,
+    state: ConsoleDep,
+    session: ApiSession,
+    source: Annotated[Environment, Query(alias="from")],
+    target: Annotated[Environment, Query(alias="to")],
+) -> ParityOut:
+    """Every difference between two environments of the app, field by field, classed as policy
+    (the environments behave differently on purpose), environment-specific (URLs) or drift."""
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        differences = await parity.report(conn, app_id, source, target)
+    return ParityOut.model_validate(
+        {"from": source, "to": target, "differences": [d.as_json() for d in differences]}
+    )
+
+
+@router.post("/apps/{app_id}/promotions", tags=["apps"])
+async def promote(
+    app_id: UUID, body: PromotionCreate, state: ConsoleDep, session: ApiSession, response: Response
+) -> PromotionOut:
+    """Carry the source's drift forward onto the target: a dry run returns the plan and its
+    fingerprint; applying with that fingerprint applies exactly that plan in one transaction
+    (409 if either side changed since). Into prod, confirm_name must be the target's name."""
+    response.headers["Cache-Control"] = "no-store"
+    async with state.db.as_user(session.user_id, session.claims) as conn:
+        promotion = await parity.promote(
+            conn,
+            app_id,
+            body.source,
+            body.target,
+            dry_run=body.dry_run,
+            expected_fingerprint=body.fingerprint,
+            include_limits=body.include_limits,
+            urls=body.urls,
+            carry_urls=body.carry_urls,
+            confirm_name=body.confirm_name,
+        )
+    return PromotionOut.model_validate(
+        {
+            "from": body.source,
+            "to": body.target,
+            "plan": [change.as_json() for change in promotion.changes],
+            "fingerprint": promotion.fingerprint,
+            "applied": promotion.applied,
+            "secrets": promotion.secrets,
+        }
+    )

@@ -47,6 +47,18 @@ class Conflict(ParityError):
     code = "CONFLICT"
 
 
+class StaleFingerprint(Conflict):
+    """Either environment changed since the dry run: review the plan again."""
+
+    code = "STALE_FINGERPRINT"
+
+
+class ConfirmationRequired(InvalidInput):
+    """Type the project's name to confirm a change to production."""
+
+    code = "CONFIRMATION_REQUIRED"
+
+
 class LimitReached(Conflict):
     """A platform limit is reached: remove something first, or ask for a higher limit."""
 

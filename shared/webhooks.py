@@ -14,25 +14,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from shared import events
 from shared.db import Connection
 from shared.errors import InvalidInput, NotFound
 from shared.projects import get_project
+from shared.webhook_urls import parse_webhook_url
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 SECRET_BYTES: Final = 32
-MAX_URL_LENGTH: Final = 2048
 MAX_DESCRIPTION_LENGTH: Final = 200
 MAX_EVENT_TYPES: Final = 50
 # The same shape the events table accepts (public.events.type check), so a subscription can match.
 EVENT_TYPE_PATTERN: Final = re.compile(r"[a-z_]+(\.[a-z_]+)+")
+# The endpoint name's shape (public.webhook_endpoints check webhook_endpoints_name_is_a_slug).
+NAME_PATTERN: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 # secret is never selected: the authenticated role cannot read it back.
 _COLUMNS = (
-    "id, project_id, url, description, event_types, enabled, disabled_reason,"
+    "id, project_id, name, url, description, event_types, enabled, disabled_reason,"
     " created_at, updated_at"
 )
 
@@ -41,6 +42,9 @@ _COLUMNS = (
 class WebhookEndpoint:
     id: UUID
     project_id: UUID
+    name: str | None
+    """Unique within the project: the endpoint's identity across environments. None only for an
+    endpoint older than names that was neither written nor compared since (see name_endpoints)."""
     url: str
     description: str
     event_types: tuple[str, ...]
@@ -71,29 +75,6 @@ def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
-def validate_url(url: str) -> str:
-    """`url` stripped, or :class:`InvalidInput` unless it is an absolute http(s) URL with a host.
-
-    Whether the host may be reached (SSRF) is the worker's decision, at delivery time.
-    """
-    cleaned = url.strip()
-    if not cleaned or len(cleaned) > MAX_URL_LENGTH:
-        raise InvalidInput(f"webhook URL must be 1 to {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 32 for ch in cleaned):
-        raise InvalidInput("webhook URL must not contain spaces or control characters")
-    try:
-        parts = urlsplit(cleaned)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError on a malformed port)
-    except ValueError as exc:
-        raise InvalidInput(f"webhook URL is malformed: {exc}") from None
-    if parts.scheme not in {"http", "https"}:
-        raise InvalidInput("webhook URL must start with http:// or https://")
-    if not host:
-        raise InvalidInput("webhook URL must name a host")
-    return cleaned
-
-
 def _clean_event_types(event_types: Sequence[str]) -> list[str]:
     if len(event_types) > MAX_EVENT_TYPES:
         raise InvalidInput(f"at most {MAX_EVENT_TYPES} event types per endpoint")
@@ -118,22 +99,38 @@ def _clean_description(description: str) -> str:
     return cleaned
 
 
+def validate_name(name: str) -> str:
+    """`name` stripped, or :class:`InvalidInput` unless it is a slug (lower-case letters, digits
+    and inner dashes, at most 63 characters)."""
+    cleaned = name.strip()
+    if NAME_PATTERN.fullmatch(cleaned) is None:
+        raise InvalidInput(
+            f"invalid endpoint name {name!r}: expected lower-case letters, digits and dashes"
+            " (not first or last), at most 63 characters, e.g. orders"
+        )
+    return cleaned
+
+
 async def create_endpoint(
     conn: Connection,
     project_id: UUID,
     url: str,
     *,
+    name: str | None = None,
     description: str = "",
     event_types: Sequence[str] = (),
 ) -> CreatedEndpoint:
-    """A new endpoint of `project_id` with a fresh signing secret (returned once)."""
+    """A new endpoint of `project_id` with a fresh signing secret (returned once). Without a
+    `name`, the database names it after the URL's host and path."""
     secret = generate_secret()
     cur = await conn.execute(
-        "insert into public.webhook_endpoints (project_id, url, description, event_types, secret)"
-        f" values (%s, %s, %s, %s, %s) returning {_COLUMNS}",
+        "insert into public.webhook_endpoints"
+        " (project_id, name, url, description, event_types, secret)"
+        f" values (%s, %s, %s, %s, %s, %s) returning {_COLUMNS}",
         (
             project_id,
-            validate_url(url),
+            None if name is None else validate_name(name),
+            parse_webhook_url(url).url,
             _clean_description(description),
             _clean_event_types(event_types),
             secret,
@@ -142,6 +139,40 @@ async def create_endpoint(
     row = await cur.fetchone()
     assert row is not None
     return CreatedEndpoint(endpoint=WebhookEndpoint.from_row(row), secret=secret)
+
+
+async def name_endpoints(conn: Connection, project_ids: Sequence[UUID]) -> None:
+    """Name the projects' endpoints that are older than names. Writing the row is enough: the
+    database's trigger (webhook_endpoints_name) names any row written without a name."""
+    await conn.execute(
+        "update public.webhook_endpoints set name = null"
+        " where project_id = any(%s) and name is null",
+        (list(project_ids),),
+    )
+
+
+async def update_endpoint(
+    conn: Connection,
+    endpoint_id: UUID,
+    *,
+    description: str | None = None,
+    event_types: Sequence[str] | None = None,
+) -> WebhookEndpoint:
+    """Change an endpoint's description or event types (None: leave as is)."""
+    cur = await conn.execute(
+        "update public.webhook_endpoints"
+        " set description = coalesce(%s, description), event_types = coalesce(%s, event_types)"
+        f" where id = %s returning {_COLUMNS}",
+        (
+            None if description is None else _clean_description(description),
+            None if event_types is None else _clean_event_types(event_types),
+            endpoint_id,
+        ),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"webhook endpoint {endpoint_id} not found")
+    return WebhookEndpoint.from_row(row)
 
 
 async def list_endpoints(conn: Connection, project_id: UUID) -> list[WebhookEndpoint]:

@@ -174,7 +174,23 @@ TABLES: dict[str, Table] = {
         columns={
             "id": Col("00000000-0000-4000-8000-000000000005"),
             "project_id": Col(Ref("project_spare"), insert=True, new=Ref("project")),
-            "url": Col("https://example.com/moved", insert=True, update=True),
+            "url": Col(
+                "https://example.com/moved",
+                insert=True,
+                update=True,
+                # What the console's parser stores passes; what it refuses is refused here too
+                # (a check constraint), for writers that reach the table directly.
+                writes=(
+                    Write("insert", "https://hooks.example.com:65535/in"),
+                    Write("insert", "https://[2001:db8::10]:8443/in?x=1"),
+                    Write("update", "https://xn--bcher-kva.example/in"),
+                    Write("insert", "https://user:pw@example.com/in", sqlstate="23514"),
+                    Write("update", "https://example.com/a b", sqlstate="23514"),
+                    Write("update", "https://example.com/in#top", sqlstate="23514"),
+                    Write("update", "ftp://example.com/in", sqlstate="23514"),
+                    Write("update", "https:///in", sqlstate="23514"),
+                ),
+            ),
             "description": Col("described", insert=True, update=True),
             "event_types": Col(["webhook.test"], insert=True, update=True),
             "enabled": Col(
@@ -198,8 +214,69 @@ TABLES: dict[str, Table] = {
             ),
             "disabled_by": Col("receiver"),
             "secret": Col("whsec_c3RvbGVu", insert=True),
+            "name": Col(
+                "renamed",
+                insert=True,
+                update=True,
+                writes=(
+                    Write("update", "Not a slug", sqlstate="23514"),
+                    # Unique within the project: endpoint_by_owner's name, derived from its URL.
+                    Write("update", "example-com-endpoint-by-owner", sqlstate="23505"),
+                ),
+            ),
             "created_at": Col(PAST),
             "updated_at": Col(PAST),
+        },
+    ),
+    "apps": Table(
+        target="app",
+        insert={"owner_id": Ref("owner"), "name": "new app"},
+        delete=True,
+        columns={
+            "id": Col("00000000-0000-4000-8000-000000000007"),
+            "owner_id": Col(
+                Ref("stranger"),
+                insert=True,
+                new=Ref("owner"),
+                writes=(Write("insert", Ref("stranger"), sqlstate="42501"),),
+            ),
+            "name": Col("renamed", insert=True, update=True),
+            "created_at": Col(PAST),
+        },
+    ),
+    "app_environments": Table(
+        target="app_link",
+        # project_spare (dev) into the empty app_spare.
+        insert={
+            "app_id": Ref("app_spare"),
+            "environment": "dev",
+            "project_id": Ref("project_spare"),
+        },
+        delete=True,
+        columns={
+            "app_id": Col(
+                Ref("app_spare"),
+                insert=True,
+                writes=(
+                    Write("insert", Ref("stranger_app"), sqlstate="42501"),
+                    Write("insert", Ref("app"), sqlstate="PE008"),  # its dev slot is filled
+                ),
+            ),
+            "environment": Col(
+                "prod",
+                insert=True,
+                new="dev",
+                writes=(Write("insert", "prod", sqlstate="PE008"),),  # project_spare is dev
+            ),
+            "project_id": Col(
+                Ref("project_spare"),
+                insert=True,
+                writes=(
+                    Write("insert", Ref("stranger_project"), sqlstate="42501"),
+                    Write("insert", Ref("project"), sqlstate="PE008"),  # already in app
+                ),
+            ),
+            "linked_at": Col(PAST),
         },
     ),
     "webhook_deliveries": Table(
@@ -254,4 +331,5 @@ TABLES: dict[str, Table] = {
 FUNCTIONS: dict[str, set[str]] = {
     "issue_api_key": {"authenticated"},
     "redeliver_webhook": {"authenticated"},
+    "promote_project_limits": {"authenticated"},
 }

@@ -45,6 +45,9 @@ ROW_TABLES = {
     "delivery_of_disabled": "webhook_deliveries",
     "attempt": "webhook_attempts",
     "heartbeat": "worker_heartbeats",
+    "app": "apps",
+    "app_spare": "apps",
+    "app_link": "app_environments",
 }
 
 _SEED = """
@@ -267,6 +270,12 @@ def rpc_cases() -> list[Case]:
     issue = {"project_id": Ref("project"), "kind": "sk"}
     again = {"delivery_id": Ref("delivery")}
     refused = {"delivery_id": Ref("delivery_of_disabled")}
+    forward = {"source_project_id": Ref("project"), "target_project_id": Ref("project_staging")}
+    backward = {"source_project_id": Ref("project_staging"), "target_project_id": Ref("project")}
+    unlinked = {
+        "source_project_id": Ref("project_spare"),
+        "target_project_id": Ref("project_staging"),
+    }
     return [
         Case("owner", "rpc", "issue_api_key", None, issue, None, allowed=True),
         Case("stranger", "rpc", "issue_api_key", None, issue, None, False, "P0002"),
@@ -275,6 +284,11 @@ def rpc_cases() -> list[Case]:
         Case("owner", "rpc", "redeliver_webhook", None, refused, None, False, "PE005"),
         Case("stranger", "rpc", "redeliver_webhook", None, again, None, False, "P0002"),
         Case("anon", "rpc", "redeliver_webhook", None, again, None, False, "42501"),
+        Case("owner", "rpc", "promote_project_limits", None, forward, None, allowed=True),
+        Case("owner", "rpc", "promote_project_limits", None, backward, None, False, "PE009"),
+        Case("owner", "rpc", "promote_project_limits", None, unlinked, None, False, "PE009"),
+        Case("stranger", "rpc", "promote_project_limits", None, forward, None, False, "P0002"),
+        Case("anon", "rpc", "promote_project_limits", None, forward, None, False, "42501"),
     ]
 
 
@@ -296,6 +310,20 @@ def _seed(admin: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, dic
     ids["project"] = one(project_sql, (owner, "shop"))
     ids["project_spare"] = one(project_sql, (owner, "spare"))
     ids["stranger_project"] = one(project_sql, (stranger, "theirs"))
+    ids["project_staging"] = one(
+        "insert into public.projects (owner_id, name, environment) values (%s, %s, 'staging')"
+        " returning id",
+        (owner, "shop staging"),
+    )
+    app_sql = "insert into public.apps (owner_id, name) values (%s, %s) returning id"
+    ids["app"] = one(app_sql, (owner, "shop"))
+    ids["app_spare"] = one(app_sql, (owner, "spare"))
+    ids["stranger_app"] = one(app_sql, (stranger, "theirs"))
+    admin.execute(
+        "insert into public.app_environments (app_id, environment, project_id)"
+        " values (%s, 'dev', %s), (%s, 'staging', %s)",
+        (ids["app"], ids["project"], ids["app"], ids["project_staging"]),
+    )
     issue = "select key_id from public.issue_api_key(%s, %s, %s, %s)"
     # Expires between expectations.SOON and expectations.LATER.
     ids["key"] = one(
@@ -353,6 +381,7 @@ def _seed(admin: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, dic
     keys = {name: {"id": ids[name]} for name in ROW_TABLES if name in ids}
     keys["usage"] = {"project_id": ids["project"], "window_start": window}
     keys["heartbeat"] = {"worker_id": "w1"}
+    keys["app_link"] = {"app_id": ids["app"], "environment": "dev"}
     return ids, keys
 
 

@@ -366,6 +366,55 @@ def test_the_concurrent_index_builds_give_up_after_the_total_and_can_be_pushed_a
     ]
 
 
+WEBHOOK_URLS = "20261101000000"
+
+
+def test_the_url_check_is_validated_apart_and_the_migration_can_be_pushed_again(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """The webhook URL check is added NOT VALID, then validated after the concurrent index build,
+    in a transaction of its own. A stored URL it refuses (a password in it, written before the
+    check existed) fails the push at the validation, naming the constraint, with nothing recorded;
+    once the row is corrected the same migration is pushed again from the start."""
+    earlier = [v for v in all_versions() if v < WEBHOOK_URLS]
+    database.push_migrations(empty_database, workdir=workdir_with(tmp_path, earlier))
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        owner = conn.execute(
+            "insert into auth.users (email) values ('old@example.com') returning id"
+        ).fetchone()
+        project = conn.execute(
+            "insert into public.projects (owner_id, name) values (%s, 'old') returning id",
+            owner,
+        ).fetchone()
+        assert project is not None
+        endpoint = conn.execute(
+            "insert into public.webhook_endpoints (project_id, url, secret)"
+            " values (%s, 'https://user:pw@hooks.example.com:10443/in', 'whsec_b2xk')"
+            " returning id",
+            project,
+        ).fetchone()
+    with pytest.raises(database.ProvisioningError, match="webhook_endpoints_url_is_a_webhook_url"):
+        database.push_migrations(empty_database)
+    assert WEBHOOK_URLS not in database.applied_migrations(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(
+            "update public.webhook_endpoints set url = 'https://hooks.example.com:10443/in'"
+            " where id = %s",
+            endpoint,
+        )
+    database.push_migrations(empty_database)
+    assert database.applied_migrations(empty_database) == all_versions()
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute(
+            "select convalidated from pg_constraint"
+            " where conname = 'webhook_endpoints_url_is_a_webhook_url'"
+        ).fetchone() == (True,)
+        assert conn.execute(
+            "select indisvalid from pg_index"
+            " where indexrelid = 'public.webhook_deliveries_exhausted_idx'::regclass"
+        ).fetchone() == (True,)
+
+
 def test_the_delivery_queue_is_vacuumed_as_a_queue_table(database_url: str) -> None:
     # Every delivery is updated two or three times, none of them HOT: the default (20% of a
     # table that only grows) leaves dead entries at the head of each endpoint's queue for minutes.
