@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from ops import database, keys_cmd, status_cmd, up, worker_cmd
+from ops import apps_cmd, database, keys_cmd, status_cmd, up, worker_cmd
 from shared.settings import PlatformSettings
 
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
     keys_cmd.register(commands)
+    apps_cmd.register(commands)
     worker_cmd.register(commands)
     status_cmd.register(commands)
     args = parser.parse_args(argv)
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     adopt_running_database()
     if args.command == "keys":
         return keys_cmd.run(args)
+    if args.command == "apps":
+        return apps_cmd.run(args)
     if args.command == "migrate":
         try:
             if args.bootstrap:
