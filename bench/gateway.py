@@ -4,17 +4,20 @@
    rate-limit decision with memory storage, against the `limits` library's own `hit` alone.
 2. Throughput with `wrk -t2 -c50` on loopback: the raw upstream, an independent minimal aiohttp
    reverse proxy (bench/proxy.py: forwards method, path, query, headers and body; none of the
-   gateway's code), and the full gateway with memory and with Redis rate limits, logging its info
-   line per request to a file as in production; and the memory gateway once more with its
-   Prometheus metrics on (`GATEWAY_METRICS_PORT`), for the metrics' overhead. Three repetitions,
-   each in a rotated order, so that noise from other work on the machine hits all alike; medians
-   reported, with the CPU the server process spent per request beside each figure.
+   gateway's code), and the full gateway with memory, with Redis and with Redis Cluster rate
+   limits (a cluster of three masters with a replica each, started on loopback for the run),
+   logging its info line per request to a file as in production; and the memory gateway once
+   more with its Prometheus metrics on (`GATEWAY_METRICS_PORT`), for the metrics' overhead.
+   Three repetitions, each in a rotated order, so that noise from other work on the machine hits
+   all alike; medians reported, with the CPU the server process spent per request beside each
+   figure.
 3. Added latency at a fixed 500 requests a second (an open-loop aiohttp client, latency counted
    from each request's scheduled time): p99 through the gateway minus p99 straight to upstream.
 
 Needs Postgres (`BENCH_DATABASE_URL`, else the local server on 127.0.0.1:5432, else the embedded
 one) for a scratch database that is dropped at the end; Redis on `BENCH_REDIS_URL` (default
-redis://127.0.0.1:6379/0) for the Redis row. Writes JSON to bench/results/ and prints a table.
+redis://127.0.0.1:6379/0) for the Redis row; Debian's `redis-server` and `redis-cli` for the
+Redis Cluster row. Writes JSON to bench/results/ and prints a table.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import Gateway
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from ops import database
+from ops import database, rediscluster
 from ops.demo import DemoKey, seed_demo
 from shared.db import Database
 from shared.environment import Environment
@@ -58,7 +62,7 @@ from shared.settings import PlatformSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-GATEWAYS = ("memory", "metrics", "redis")
+GATEWAYS = ("memory", "metrics", "redis", "cluster")
 HUGE_LIMIT = 1_000_000_000  # the throughput runs measure the gateway, not its 429s
 
 
@@ -260,7 +264,12 @@ def run(quick: bool) -> dict[str, Any]:
     except redis.RedisError:
         redis_url = ""
 
-    with scratch_database() as database_url:
+    with ExitStack() as stack:
+        database_url = stack.enter_context(scratch_database())
+        cluster_url = ""
+        if rediscluster.available():
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cluster_url = stack.enter_context(rediscluster.redis_cluster(scratch)).url
         keys: list[DemoKey] = asyncio.run(_seed(database_url))
         prod = next(key for key in keys if key.environment is Environment.PROD)
         result: dict[str, Any] = {
@@ -270,7 +279,7 @@ def run(quick: bool) -> dict[str, Any]:
             "decisions": asyncio.run(decisions(database_url, prod.token, 50_000 * rounds)),
         }
 
-        ports = {name: free_port() for name in ("upstream", "proxy", "memory", "metrics", "redis")}
+        ports = {name: free_port() for name in ("upstream", "proxy", *GATEWAYS)}
         metrics_port = free_port()
         urls = {name: f"http://127.0.0.1:{port}/items" for name, port in ports.items()}
         upstream_base = f"http://127.0.0.1:{ports['upstream']}"
@@ -301,6 +310,11 @@ def run(quick: bool) -> dict[str, Any]:
             specs["redis"] = (
                 ["-m", "gateway", "--port", str(ports["redis"])],
                 {**gateway_env, "REDIS_URL": redis_url},
+            )
+        if cluster_url:
+            specs["cluster"] = (
+                ["-m", "gateway", "--port", str(ports["cluster"])],
+                {**gateway_env, "REDIS_URL": cluster_url},
             )
         with _all(specs) as running:
             for name in running:
@@ -343,6 +357,14 @@ def run(quick: bool) -> dict[str, Any]:
                     figures["cpu_ratio_to_proxy"] = (
                         proxy["cpu_us_per_request"] / figures["cpu_us_per_request"]
                     )
+            if {"redis", "cluster"} <= set(result["throughput"]):
+                single, cluster = result["throughput"]["redis"], result["throughput"]["cluster"]
+                cluster["ratio_to_redis"] = (
+                    cluster["requests_per_second"] / single["requests_per_second"]
+                )
+                cluster["cpu_ratio_to_redis"] = (
+                    single["cpu_us_per_request"] / cluster["cpu_us_per_request"]
+                )
             memory, metrics = result["throughput"]["memory"], result["throughput"]["metrics"]
             result["metrics_overhead"] = {
                 "throughput_ratio": metrics["requests_per_second"] / memory["requests_per_second"],
@@ -442,6 +464,7 @@ def table(result: dict[str, Any]) -> str:
         ("memory", "memory limits", ">= 0.6"),
         ("metrics", "memory limits, metrics on", ""),
         ("redis", "Redis limits", ">= 0.45"),
+        ("cluster", "Redis Cluster limits", ""),
     ):
         if name in t:
             row = t[name]
@@ -452,6 +475,15 @@ def table(result: dict[str, Any]) -> str:
                 f" {proxy['cpu_us_per_request']:.0f} µs | {row['ratio_to_proxy']:.2f}"
                 f" (CPU {row['cpu_ratio_to_proxy']:.2f}) | {target} |"
             )
+    if "ratio_to_redis" in t.get("cluster", {}):
+        row, single = t["cluster"], t["redis"]
+        lines.append(
+            f"| Gateway, Redis Cluster beside single Redis | {row['requests_per_second']:,.0f}"
+            f" req/s, {row['cpu_us_per_request']:.0f} µs CPU/request"
+            f" | single Redis {single['requests_per_second']:,.0f} req/s,"
+            f" {single['cpu_us_per_request']:.0f} µs | {row['ratio_to_redis']:.2f}"
+            f" (CPU {row['cpu_ratio_to_redis']:.2f}) | reported |"
+        )
     overhead = result["metrics_overhead"]
     lines.append(
         f"| Metrics on (`GATEWAY_METRICS_PORT`) | {t['metrics']['requests_per_second']:,.0f} req/s,"

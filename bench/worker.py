@@ -6,7 +6,7 @@
    endpoints as the concurrency (each endpoint may have only WORKER_ENDPOINT_CONCURRENCY requests
    in flight, so one endpoint alone cannot use all the senders, by design); a single-endpoint
    backlog (2,000 per round, a fifth) is measured beside it against the same plain loop.
-   Targets: >= 0.3 of the plain loop (both) and >= 1,500 deliveries/s. The worker runs on
+   Targets: >= 0.5 of the plain loop over 50 endpoints, >= 0.45 for one endpoint. The worker runs on
    uvloop, so the reference that counts does too; the same loop on asyncio's own event loop is
    reported beside it.
 2. Claim time beside a backlog: one tenant has 10,000 and then 1,000,000 deliveries queued to one
@@ -417,10 +417,10 @@ def main(argv: list[str] | None = None) -> int:
             f"deliveries ({count} per round, concurrency {args.concurrency}, median of {rounds}):"
             f" worker {d['worker']:,.0f}/s, plain aiohttp loop {d['plain']:,.0f}/s on uvloop"
             f" (ratio {d['ratio']:.2f}) and {d['plain_asyncio']:,.0f}/s on asyncio's own loop"
-            f" (ratio {d['worker'] / d['plain_asyncio']:.2f}) (targets: >= 0.30 and >= 1,500/s);"
+            f" (ratio {d['worker'] / d['plain_asyncio']:.2f}) (target: >= 0.50);"
             f" backlog over {d['endpoints']:.0f} endpoints. One endpoint alone (its requests in"
             f" flight capped by WORKER_ENDPOINT_CONCURRENCY): {d['single']:,.0f}/s"
-            f" (ratio {d['single_ratio']:.2f} to the uvloop plain loop; target >= 0.30)"
+            f" (ratio {d['single_ratio']:.2f} to the uvloop plain loop; target >= 0.45)"
         )
     if args.only in (None, "claims"):
         sizes = [10_000, 100_000 if args.quick else 1_000_000]

@@ -20,6 +20,7 @@ from console.schemas import (
     Credentials,
     DeliveryDetailOut,
     EndpointCreate,
+    EndpointOut,
     EnvironmentOut,
     ErrorOut,
     IssuedKeyOut,
@@ -43,7 +44,6 @@ from shared.deliveries import Delivery
 from shared.environment import Environment
 from shared.errors import PermissionDenied
 from shared.projects import Project
-from shared.webhooks import WebhookEndpoint
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "Not signed in"},
@@ -232,11 +232,11 @@ async def rotate_key(
 @router.get("/projects/{project_id}/webhook-endpoints", tags=["webhooks"])
 async def list_endpoints(
     project_id: UUID, state: ConsoleDep, session: ApiSession
-) -> list[WebhookEndpoint]:
+) -> list[EndpointOut]:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         await projects.get_project(conn, project_id)
         found = await webhooks.list_endpoints(conn, project_id)
-    return found
+    return [EndpointOut.of(endpoint) for endpoint in found]
 
 
 @router.post(
@@ -264,25 +264,23 @@ async def create_endpoint(
             description=body.description,
             event_types=body.event_types,
         )
-    return CreatedEndpointOut(endpoint=created.endpoint, secret=created.secret)
+    return CreatedEndpointOut(endpoint=EndpointOut.of(created.endpoint), secret=created.secret)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
 async def disable_endpoint(
     endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, False)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.post("/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
-async def enable_endpoint(
-    endpoint_id: UUID, state: ConsoleDep, session: ApiSession
-) -> WebhookEndpoint:
+async def enable_endpoint(endpoint_id: UUID, state: ConsoleDep, session: ApiSession) -> EndpointOut:
     async with state.db.as_user(session.user_id, session.claims) as conn:
         endpoint = await webhooks.set_enabled(conn, endpoint_id, True)
-    return endpoint
+    return EndpointOut.of(endpoint)
 
 
 @router.delete(

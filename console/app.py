@@ -234,7 +234,7 @@ def create_app(
         auth=auth,
         csrf=Csrf(settings.jwt_secret),
         sign_in=build_sign_in(settings, db, auth),
-        throttle=SignInThrottle(settings, platform.redis_url),
+        throttle=SignInThrottle(settings, platform),
         templates=Jinja2Templates(directory=HERE / "templates"),
         platform=platform,
         flash=FlashBox(settings.jwt_secret),

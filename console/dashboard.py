@@ -40,6 +40,7 @@ from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
 from shared.projects import Project
+from shared.webhook_urls import display_form
 
 router = APIRouter(include_in_schema=False)
 
@@ -107,20 +108,14 @@ def render(
     no_store: bool = False,
 ) -> HTMLResponse:
     """A page with a CSRF token for its forms (and the cookie it is checked against), and the
-    flash meant for it, shown this once."""
+    flash meant for it (`context["flash"]`, from :func:`take_flash`), its cookie then dropped."""
     state = get_console(request)
     nonce = request.cookies.get(CSRF_COOKIE)
     fresh = nonce is None
     if nonce is None:
         nonce = state.csrf.new_nonce()
     session = context.get("session")
-    flash = (
-        state.flash.open(
-            request.cookies.get(FLASH_COOKIE), path=request.url.path, user_id=session.user_id
-        )
-        if isinstance(session, Session) and request.method == "GET"
-        else None
-    )
+    flash = context.get("flash")
     response = state.templates.TemplateResponse(
         request,
         template,
@@ -131,6 +126,7 @@ def render(
             "when": when,
             "number": number,
             "percent": percent,
+            "display_url": display_form,
             **context,
         },
         status_code=status,
@@ -160,6 +156,14 @@ def render(
         "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     )
     return response
+
+
+async def take_flash(request: Request, session: Session) -> Flash | None:
+    """The flash meant for this page, if no replica has shown it yet (it is then recorded)."""
+    state = get_console(request)
+    return await state.flash.take(
+        state.db, request.cookies.get(FLASH_COOKIE), path=request.url.path, user_id=session.user_id
+    )
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
@@ -274,7 +278,12 @@ async def list_projects(request: Request, state: ConsoleDep, session: PageSessio
     return render(
         request,
         "projects.html",
-        {"session": session, "projects": found, "environments": ENVIRONMENTS},
+        {
+            "session": session,
+            "projects": found,
+            "environments": ENVIRONMENTS,
+            "flash": await take_flash(request, session),
+        },
     )
 
 
@@ -368,7 +377,7 @@ async def show_project(
     project_id: UUID, request: Request, state: ConsoleDep, session: PageSession
 ) -> Response:
     context = await project_context(state, session, project_id)
-    return render(request, "project.html", context)
+    return render(request, "project.html", {**context, "flash": await take_flash(request, session)})
 
 
 @router.get("/projects/{project_id}/deliveries")
@@ -597,7 +606,7 @@ async def create_endpoint(
         created = await webhooks.create_endpoint(
             conn,
             project.id,
-            form.get("url", ""),
+            form.get("url", "").strip(),
             description=form.get("description", ""),
             event_types=event_types,
         )
@@ -606,7 +615,7 @@ async def create_endpoint(
             session,
             project,
             issued_for="endpoint",
-            secret_label=created.endpoint.url,
+            secret_label=display_form(created.endpoint.url),
             secret=created.secret,
         )
 
@@ -636,9 +645,8 @@ async def change_endpoint(
             await webhooks.delete_endpoint(conn, endpoint_id)
         else:
             await webhooks.set_enabled(conn, endpoint_id, change == "enable")
-        return flash_for(
-            session, project, notice=f"{ENDPOINT_CHANGES[change]} the endpoint {endpoint.url}."
-        )
+        notice = f"{ENDPOINT_CHANGES[change]} the endpoint {display_form(endpoint.url)}."
+        return flash_for(session, project, notice=notice)
 
     return await act(request, state, session, project_id, apply, anchor="#webhooks")
 

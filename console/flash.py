@@ -4,8 +4,11 @@ redirects to: a new secret, a refusal with its hint, a notice.
 A message travels in a cookie encrypted and authenticated with Fernet (AES-CBC and HMAC-SHA256,
 with a timestamp): HttpOnly, valid for :data:`FLASH_TTL_SECONDS`, bound to the signed-in user and
 to the page it is for, and deleted by the response that shows it.
-Each message also carries a random id that this process accepts once. So a secret is never in a
-URL, never stored server-side, never in a log line, and shown on exactly one page load.
+Each message also carries a random id, recorded in Postgres (`private.console_flashes_shown`) by
+the first replica that shows it: every replica refuses an id already recorded, so a flash is shown
+once whichever replica (behind whatever load balancer) serves the page. So a secret is never in a
+URL, never stored server-side (only the random id is), never in a log line, and shown on exactly
+one page load.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Final, Literal
 from uuid import UUID
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from shared.db import Database
 
 FLASH_COOKIE: Final = "parity_flash"
 FLASH_TTL_SECONDS: Final = 120
@@ -30,6 +35,18 @@ MAX_TEXT: Final = 400
 _SHORTENED: Final = ("notice", "error", "hint", "secret_label")
 
 IssuedFor = Literal["key", "endpoint"]
+
+# Records a flash as shown, unless some replica did already (then no row comes back). Rows of
+# flashes whose cookies can no longer be opened are purged on the way (an index on expires_at).
+_SHOWN = """
+with purged as (
+    delete from private.console_flashes_shown where expires_at < now() - interval '1 minute'
+)
+insert into private.console_flashes_shown (flash_id, expires_at)
+values (%(flash_id)s, %(expires_at)s)
+on conflict (flash_id) do nothing
+returning flash_id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +80,6 @@ class FlashBox:
         seed = secret.encode() if secret is not None else secrets.token_bytes(32)
         key = hmac.new(seed, b"console flash", hashlib.sha256).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
-        self._opened: dict[str, float] = {}
 
     def seal(self, flash: Flash) -> str:
         data = asdict(flash)
@@ -75,9 +91,9 @@ class FlashBox:
                 data[name] = text[: MAX_TEXT - 1] + "…"
         return self._fernet.encrypt(json.dumps(data).encode()).decode("ascii")
 
-    def open(self, value: str | None, *, path: str, user_id: UUID) -> Flash | None:
-        """The flash in `value` if it is genuine, fresh, for this page and this user, and not
-        shown before; otherwise None (it is then left alone or simply expires)."""
+    def read(self, value: str | None, *, path: str, user_id: UUID) -> Flash | None:
+        """The flash in `value` if it is genuine, fresh, for this page and this user (shown before
+        or not: :meth:`take` asks that); otherwise None."""
         if not value:
             return None
         try:
@@ -87,9 +103,19 @@ class FlashBox:
             return None
         if flash.target != path or flash.user_id != str(user_id):
             return None
-        now = time.monotonic()
-        self._opened = {n: t for n, t in self._opened.items() if now - t < FLASH_TTL_SECONDS}
-        if flash.nonce in self._opened:
-            return None
-        self._opened[flash.nonce] = now
         return flash
+
+    async def take(
+        self, db: Database, value: str | None, *, path: str, user_id: UUID
+    ) -> Flash | None:
+        """:meth:`read`, once across every replica: the first call records the flash as shown
+        (in the platform's database, as the service), every later one gets None."""
+        flash = self.read(value, path=path, user_id=user_id)
+        if flash is None or value is None:
+            return None
+        sealed_at = self._fernet.extract_timestamp(value.encode("ascii"))
+        expires_at = datetime.fromtimestamp(sealed_at + FLASH_TTL_SECONDS, UTC)
+        async with db.as_service() as conn:
+            cur = await conn.execute(_SHOWN, {"flash_id": flash.nonce, "expires_at": expires_at})
+            first = await cur.fetchone()
+        return flash if first is not None else None

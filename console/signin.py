@@ -8,9 +8,9 @@ import math
 import time
 from typing import Any, Final, Protocol
 
-from coredis.exceptions import RedisError as CoredisError
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from loguru import logger
 
@@ -19,6 +19,8 @@ from console.settings import ConsoleSettings
 from shared import users
 from shared.db import Database
 from shared.errors import ParityError, PermissionDenied
+from shared.redisurl import limits_storage
+from shared.settings import PlatformSettings
 
 WRONG_CREDENTIALS: Final = "wrong email or password"
 
@@ -114,15 +116,20 @@ def build_sign_in(settings: ConsoleSettings, db: Database, auth: Authenticator) 
 
 class SignInThrottle:
     """Sign-in attempts per client address and per account, counted with the `limits` library
-    (in Redis when `redis_url` is set, so that replicas share the counts; else in memory).
+    (in Redis or a Redis Cluster when `REDIS_URL` is set, so that replicas share the counts;
+    else in memory). Each check is one key, so on a cluster one node answers it.
 
     Every attempt, successful or not, counts against both limits before the password is checked,
     so parallel guesses cannot slip through.
     """
 
-    def __init__(self, settings: ConsoleSettings, redis_url: str | None) -> None:
-        uri = f"async+{redis_url}" if redis_url else "async+memory://"
-        self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
+    def __init__(self, settings: ConsoleSettings, platform: PlatformSettings) -> None:
+        uri, options = limits_storage(
+            platform.redis_url,
+            timeout_seconds=platform.redis_timeout_seconds,
+            retries=platform.redis_retries,
+        )
+        self._limiter = MovingWindowRateLimiter(storage_from_string(uri, **options))
         self._per_account: RateLimitItem = parse(settings.signin_limit_per_account)
         self._per_address: RateLimitItem = parse(settings.signin_limit_per_address)
 
@@ -140,7 +147,7 @@ class SignInThrottle:
             try:
                 allowed = await self._limiter.hit(item, *keys)
                 stats = None if allowed else await self._limiter.get_window_stats(item, *keys)
-            except CoredisError as exc:
+            except StorageError as exc:
                 # Without the counter no attempt is allowed (an outage must not lift the limit);
                 # the caller gets a clear 503 at once, not a 500.
                 raise SignInUnavailable(

@@ -154,7 +154,12 @@ class Gateway:
         )
         self._client_lookups = MemoryWindows()
         self.limiter = ProjectRateLimiter(
-            build_windows(platform.redis_url, key_prefix=settings.redis_key_prefix),
+            build_windows(
+                platform.redis_url,
+                key_prefix=settings.redis_key_prefix,
+                timeout_seconds=platform.redis_timeout_seconds,
+                retries=platform.redis_retries,
+            ),
             window_seconds=platform.rate_limit_window_seconds,
         )
         self.meter = UsageMeter(
@@ -181,6 +186,9 @@ class Gateway:
     async def start(self) -> None:
         await self.db.open()
         await self.upstream.open()
+        windows = self.limiter.windows
+        if isinstance(windows, RedisWindows):
+            await windows.connect()
         self._tasks = [
             asyncio.create_task(
                 listen_for_invalidations(

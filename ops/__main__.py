@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
+    migrate.add_argument(
+        "--lock-retries-total",
+        metavar="INTERVAL",
+        help="how long each migration keeps trying to take its locks before it gives up and names"
+        " the sessions in its way (e.g. 30s, 20min; default 5min)",
+    )
     keys_cmd.register(commands)
     apps_cmd.register(commands)
     worker_cmd.register(commands)
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 database.bootstrap(args.url)
             else:
                 database.require_supabase_parts(args.url)
-            print(database.push_migrations(args.url))
+            print(database.push_migrations(args.url, lock_retries_total=args.lock_retries_total))
             print(database.list_migrations(args.url))
         except (database.ProvisioningError, psycopg.Error) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -9,14 +9,17 @@ data. `as_service` runs as `service_role`, which bypasses RLS: for the gateway a
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, errors, sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -80,6 +83,14 @@ def translate_error(exc: psycopg.Error) -> ParityError:
     return ParityError(message, hint=hint)
 
 
+def statement(text: str) -> str:
+    """SQL as it is sent: without whole-line comments and indentation. psycopg caches the parsing
+    of a statement's placeholders only up to 4 KiB of text; a longer one (the commented claim) is
+    parsed again, in Python, on every execution."""
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
+
+
 TRANSACTION_POOLER_PORT = "6543"
 """Supabase's transaction-mode pooler listens here (its session mode on 5432)."""
 
@@ -127,7 +138,7 @@ class Database:
             kwargs=kwargs,
             # A connection killed under us (failover, pg_terminate_backend) is noticed and replaced
             # before it is handed out, rather than failing the next query.
-            check=AsyncConnectionPool.check_connection,
+            check=check_idle_connection,
             reconnect_timeout=60,
             timeout=wait_seconds,
         )
@@ -150,18 +161,9 @@ class Database:
         self, settings: Mapping[str, str] | None = None
     ) -> AsyncIterator[Connection]:
         """A transaction as `service_role`: sees every row, bypassing RLS. `settings` are set for
-        the transaction only, in the same round trip as the role."""
-        async with self._transaction() as conn:
-            if settings:
-                names = ["role", *settings]
-                values = ["service_role", *settings.values()]
-                await conn.execute(
-                    "select set_config(name, value, true)"
-                    " from unnest(%s::text[], %s::text[]) as s(name, value)",
-                    (names, values),
-                )
-            else:
-                await conn.execute("set local role service_role")
+        the transaction only, in the same round trip as BEGIN and the role."""
+        begin = _service_begin((("role", "service_role"), *(settings or {}).items()))
+        async with self._transaction(begin) as conn:
             yield conn
 
     @asynccontextmanager
@@ -170,18 +172,61 @@ class Database:
     ) -> AsyncIterator[Connection]:
         """A transaction as the signed-in user `user_id`, under row level security."""
         jwt_claims = {"role": "authenticated", **(claims or {}), "sub": str(user_id)}
-        async with self._transaction() as conn:
-            await conn.execute(
-                "select set_config('role', 'authenticated', true),"
-                " set_config('request.jwt.claims', %s, true)",
-                (json.dumps(jwt_claims),),
-            )
+        settings = {"role": "authenticated", "request.jwt.claims": json.dumps(jwt_claims)}
+        async with self._transaction(begin_statement(settings)) as conn:
             yield conn
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
+    async def _transaction(self, begin: bytes = b"begin") -> AsyncIterator[Connection]:
+        """`begin` (BEGIN with the transaction's role and settings, one round trip), the caller's
+        statements, then COMMIT (ROLLBACK if the block raises; `psycopg.Rollback` ends it
+        quietly)."""
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield conn
+            async with self.pool.connection() as conn:
+                await conn.execute(begin)
+                try:
+                    yield conn
+                except Exception as exc:
+                    if conn.info.transaction_status in _OPEN:
+                        # A connection that cannot even roll back is discarded by the pool.
+                        with suppress(psycopg.Error):
+                            await conn.execute("rollback")
+                    if isinstance(exc, psycopg.Rollback):
+                        return
+                    raise
+                await conn.execute("commit")
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
+
+
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+def begin_statement(settings: Mapping[str, str]) -> bytes:
+    """`begin; select set_config(name, value, true), ...`: several statements without parameters
+    go in one simple-protocol message, so a transaction starts with its role and settings in a
+    single round trip. Names and values are quoted as literals."""
+    configs = sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+        for name, value in settings.items()
+    )
+    return sql.SQL("begin; select {}").format(configs).as_bytes(None)
+
+
+@lru_cache(maxsize=64)
+def _service_begin(settings: tuple[tuple[str, str], ...]) -> bytes:
+    """The service's BEGIN statements, built once per set of settings (they are the code's own)."""
+    return begin_statement(dict(settings))
+
+
+async def check_idle_connection(conn: Connection) -> None:
+    """The pool's check before it hands a connection out, without a round trip when nothing is
+    wrong: an idle connection has nothing to read unless the server ended it (a terminated backend,
+    a restart or a failover sends an error, then closes the socket) or the socket is gone. Only
+    then is it asked (and, failing, replaced)."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        readable = [True]
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)

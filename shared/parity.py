@@ -28,6 +28,7 @@ from shared import apps, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import ConfirmationRequired, Conflict, InvalidInput, StaleFingerprint
+from shared.webhook_urls import parse_webhook_url
 
 DifferenceClass = Literal["policy", "environment-specific", "drift"]
 Action = Literal["create_endpoint", "update_endpoint", "copy_limits"]
@@ -421,7 +422,7 @@ def _with_urls(
         if url is None:
             missing.append(change.endpoint)
         else:
-            url = webhooks.validate_url(url)
+            url = parse_webhook_url(url).url
         result.append(Change(change.action, change.endpoint, change.values, change.previous, url))
     if strict and missing:
         raise InvalidInput(

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.redisurl import parse_redis_url
 
 
 class PlatformSettings(BaseSettings):
     """Settings every process shares."""
 
+    # Errors name the setting and the problem, never the value (URLs carry passwords).
     model_config = SettingsConfigDict(
-        env_prefix="PARITY_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="PARITY_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -38,7 +45,20 @@ class PlatformSettings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "PARITY_REDIS_URL"),
-        description="Redis for rate limits shared between gateway replicas; memory when unset.",
+        description="Redis (or `redis+cluster://host:port,...`) for rate limits shared between"
+        " replicas; memory when unset.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.45,
+        gt=0,
+        description="Longest wait for a Redis connection or answer, per attempt.",
+    )
+    redis_retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Attempts after the first when Redis fails (at once, after refreshing a"
+        " cluster's slot map): a decision is known within (1 + retries) x the timeout.",
     )
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
@@ -53,6 +73,13 @@ class PlatformSettings(BaseSettings):
         default=1_000_000, ge=1, description="Hard cap of requests per cap window."
     )
     cap_window_seconds: int = Field(default=86_400, ge=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_redis_url(value)
+        return value or None
 
     @property
     def session_database_url(self) -> str:

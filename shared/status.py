@@ -2,8 +2,8 @@
 cap and recent suspensions. `parity status` shows them; the worker's metrics read the queue.
 
 The queue figures read only pending deliveries (the partial index `webhook_deliveries_due_idx`),
-and lists are limited. The exhausted count has no index of its own and reads the deliveries table:
-fine for an operator's command (bounded by its statement timeout), not for a scrape.
+the exhausted count only the last day's exhausted deliveries (`webhook_deliveries_exhausted_idx`),
+and lists are limited.
 """
 
 from __future__ import annotations
@@ -63,15 +63,19 @@ async def queue(conn: Connection) -> Queue:
     return Queue(counts, oldest)
 
 
+# An index-only scan of the partial index webhook_deliveries_exhausted_idx (exhausted deliveries
+# by completion time, with their environment): it reads the last day's exhausted deliveries only.
+EXHAUSTED_SINCE = """
+select environment::text as environment, count(*) as n
+  from public.webhook_deliveries
+ where status = 'exhausted' and completed_at > now() - make_interval(secs => %s)
+ group by 1
+"""
+
+
 async def exhausted_since(conn: Connection, *, hours: float = 24.0) -> dict[str, int]:
     """Deliveries that ran out of retries in the last `hours`, by environment."""
-    cur = await conn.execute(
-        "select environment::text as environment, count(*) as n"
-        "  from public.webhook_deliveries"
-        " where status = 'exhausted' and completed_at > now() - make_interval(secs => %s)"
-        " group by 1",
-        (hours * 3600,),
-    )
+    cur = await conn.execute(EXHAUSTED_SINCE, (hours * 3600,))
     found = {row["environment"]: int(row["n"]) for row in await cur.fetchall()}
     return {env.value: found.get(env.value, 0) for env in Environment}
 

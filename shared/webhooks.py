@@ -14,17 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from shared import events
 from shared.db import Connection
 from shared.errors import InvalidInput, NotFound
 from shared.projects import get_project
+from shared.webhook_urls import parse_webhook_url
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 SECRET_BYTES: Final = 32
-MAX_URL_LENGTH: Final = 2048
 MAX_DESCRIPTION_LENGTH: Final = 200
 MAX_EVENT_TYPES: Final = 50
 # The same shape the events table accepts (public.events.type check), so a subscription can match.
@@ -74,29 +73,6 @@ class CreatedEndpoint:
 def generate_secret() -> str:
     """A new Standard Webhooks signing secret."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
-
-
-def validate_url(url: str) -> str:
-    """`url` stripped, or :class:`InvalidInput` unless it is an absolute http(s) URL with a host.
-
-    Whether the host may be reached (SSRF) is the worker's decision, at delivery time.
-    """
-    cleaned = url.strip()
-    if not cleaned or len(cleaned) > MAX_URL_LENGTH:
-        raise InvalidInput(f"webhook URL must be 1 to {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 32 for ch in cleaned):
-        raise InvalidInput("webhook URL must not contain spaces or control characters")
-    try:
-        parts = urlsplit(cleaned)
-        host = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError on a malformed port)
-    except ValueError as exc:
-        raise InvalidInput(f"webhook URL is malformed: {exc}") from None
-    if parts.scheme not in {"http", "https"}:
-        raise InvalidInput("webhook URL must start with http:// or https://")
-    if not host:
-        raise InvalidInput("webhook URL must name a host")
-    return cleaned
 
 
 def _clean_event_types(event_types: Sequence[str]) -> list[str]:
@@ -154,7 +130,7 @@ async def create_endpoint(
         (
             project_id,
             None if name is None else validate_name(name),
-            validate_url(url),
+            parse_webhook_url(url).url,
             _clean_description(description),
             _clean_event_types(event_types),
             secret,

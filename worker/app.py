@@ -70,7 +70,10 @@ async def sweep(db: Database, settings: WorkerSettings) -> SweepResult:
     total = SweepResult(0, 0, 0)
     while True:
         async with db.as_service() as conn:
-            result = await autosuspend.sweep_batch(conn, limit=settings.sweep_batch_size)
+            batch = await autosuspend.sweep_batch(conn, limit=settings.sweep_batch_size)
+        # Counted once committed: a batch whose commit failed did nothing, and counts nothing.
+        metrics.count_sweep_actions(suspended=batch.suspended, warned=batch.warned)
+        result = batch.result
         if result.violators:
             logger.info(
                 "auto-suspend: {} over cap, {} suspended, {} warned",

@@ -15,7 +15,6 @@ from shared import events, suspensions
 from shared.db import Connection
 from shared.environment import Environment, get_environment_config
 from shared.suspensions import Violation
-from worker import metrics
 
 SUSPEND_REASON = "request cap exceeded"
 
@@ -64,6 +63,16 @@ class SweepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SweepBatch:
+    """One batch: what it did, and the environment of each project acted on, for the metrics,
+    which count it only once the batch's transaction has committed."""
+
+    result: SweepResult
+    suspended: tuple[Environment, ...] = ()
+    warned: tuple[Environment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _Found:
     violation: Violation
     environment: Environment
@@ -74,12 +83,13 @@ class _Found:
         return cls(violation=Violation(**row), environment=env)
 
 
-async def sweep_batch(conn: Connection, *, limit: int) -> SweepResult:
-    """Act on up to `limit` unhandled violators inside the caller's transaction."""
+async def sweep_batch(conn: Connection, *, limit: int) -> SweepBatch:
+    """Act on up to `limit` unhandled violators inside the caller's transaction (which counts
+    the batch in the metrics once it has committed)."""
     cur = await conn.execute(VIOLATORS_QUERY, {"limit": limit})
     found = [_Found.from_row(row) for row in await cur.fetchall()]
     if not found:
-        return SweepResult(0, 0, 0)
+        return SweepBatch(SweepResult(0, 0, 0))
     to_suspend = [
         f.violation for f in found if get_environment_config(f.environment).auto_suspend_enabled
     ]
@@ -104,8 +114,8 @@ async def sweep_batch(conn: Connection, *, limit: int) -> SweepResult:
         ],
     )
     environments = {f.violation.project_id: f.environment for f in found}
-    metrics.count_sweep_actions(
-        suspended=[environments[s.project_id] for s in created],
-        warned=[f.environment for f in to_warn],
+    return SweepBatch(
+        SweepResult(violators=len(found), suspended=len(created), warned=len(to_warn)),
+        suspended=tuple(environments[s.project_id] for s in created),
+        warned=tuple(f.environment for f in to_warn),
     )
-    return SweepResult(violators=len(found), suspended=len(created), warned=len(to_warn))

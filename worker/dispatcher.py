@@ -228,8 +228,14 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         # Lost attempts are rare (a worker died): looking for them once a second is plenty.
         settle = loop.time() >= self._next_settle
+        # Finished attempts waiting for the recorder go in the claim's transaction: one
+        # transaction (and its round trips, its commit) fewer for each claim.
+        results, self._results = self._results, []
+        recorded: queue.Recorded | None = None
         try:
             async with self._db.as_service(queue.CLAIM_SETTINGS) as conn:
+                if results:
+                    recorded = await queue.record(conn, results, worker_id=self._worker_id)
                 settled = (
                     await queue.settle_lost(conn, held=held, budgets=self._budgets)
                     if settle
@@ -247,13 +253,16 @@ class Dispatcher:
                     attempted=list(self._attempted_ids),
                     budgets=self._budgets,
                 )
-        except ParityError as exc:
-            if not is_transient(exc):
+        except BaseException as exc:
+            self._results = results + self._results  # still to record
+            if not isinstance(exc, ParityError) or not is_transient(exc):
                 raise
             self._database_failed("claiming deliveries", exc)
             await asyncio.sleep(self._retry_pause)
             return 0
         self._outage.ok()
+        if recorded is not None:
+            self._recorded(results, recorded)
         if settle:
             self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
         if settled:
@@ -437,24 +446,28 @@ class Dispatcher:
                 await asyncio.sleep(self._retry_pause)
                 continue
             self._outage.ok()
-            self._attempted_ids.difference_update(r.delivery_id for r in batch)
-            self._forget(r.delivery_id for r in batch)
-            for result in batch:
-                if result.disables_endpoint and result.delivery_id in recorded.applied:
-                    # Disabled: its pending deliveries are cancelled, its waiting ones too.
-                    waiting = self._endpoint_waiting.get(result.endpoint_id, ())
-                    self._drop_waiting({delivery.id for delivery, _ in waiting})
-            self.stats.recorded += len(recorded.logged)
-            moved_on = len(batch) - len(recorded.applied)
-            if moved_on:
-                self.stats.lost_leases += moved_on
-                logger.info(
-                    "{} deliveries moved on during their attempt (endpoint disabled, or lease lost"
-                    " in an outage): {} of those attempts logged, the rest already logged as"
-                    " outcome unknown",
-                    moved_on,
-                    len(recorded.logged - recorded.applied),
-                )
+            self._recorded(batch, recorded)
+
+    def _recorded(self, batch: list[AttemptResult], recorded: queue.Recorded) -> None:
+        """`batch` is in the database (committed): forget it."""
+        self._attempted_ids.difference_update(r.delivery_id for r in batch)
+        self._forget(r.delivery_id for r in batch)
+        for result in batch:
+            if result.disables_endpoint and result.delivery_id in recorded.applied:
+                # Disabled: its pending deliveries are cancelled, its waiting ones too.
+                waiting = self._endpoint_waiting.get(result.endpoint_id, ())
+                self._drop_waiting({delivery.id for delivery, _ in waiting})
+        self.stats.recorded += len(recorded.logged)
+        moved_on = len(batch) - len(recorded.applied)
+        if moved_on:
+            self.stats.lost_leases += moved_on
+            logger.info(
+                "{} deliveries moved on during their attempt (endpoint disabled, or lease lost"
+                " in an outage): {} of those attempts logged, the rest already logged as"
+                " outcome unknown",
+                moved_on,
+                len(recorded.logged - recorded.applied),
+            )
 
     def _forget(self, ids: Iterable[UUID]) -> None:
         self._held.difference_update(ids)

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, NotRequired, TypedDict, Unpack
 from uuid import UUID
 
-from shared.db import Connection
+from shared.db import Connection, statement
 from shared.environment import Environment, get_environment_config
 
 Outcome = Literal["succeeded", "pending", "exhausted", "cancelled"]
@@ -27,7 +27,7 @@ Outcome = Literal["succeeded", "pending", "exhausted", "cancelled"]
 # its outcome unknown and counts against the budget: a payload that kills every worker that sends
 # it ends `exhausted` instead of being retried forever. The worker's own (still held) deliveries
 # are left alone, whatever their lease says.
-_SETTLE_LOST = """
+_SETTLE_LOST = statement("""
 with lost as (
     select d.id, d.attempts, d.retry_base, d.leased_by, d.lease_expires_at, d.environment
       from public.webhook_deliveries as d
@@ -65,7 +65,7 @@ update public.webhook_deliveries as d
   left join budget as b on b.environment = l.environment
  where d.id = l.id
 returning d.id, d.status::text as status
-"""
+""")
 
 # Fair claiming, per endpoint. The claim walks the endpoints with deliveries no worker holds (a
 # skip scan over `webhook_deliveries_endpoint_queue_idx`: one probe per endpoint), counts each
@@ -83,7 +83,7 @@ returning d.id, d.status::text as status
 # Deliveries of disabled endpoints are never claimed, whatever their status says. A claim counts
 # the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts; a
 # release takes it back.
-_CLAIM = """
+_CLAIM = statement("""
 with recursive endpoints as (
     -- Each endpoint with deliveries no worker holds, and the oldest of them: one probe of
     -- webhook_deliveries_endpoint_queue_idx per endpoint (a skip scan).
@@ -176,7 +176,7 @@ select c.id, c.endpoint_id, c.project_id, c.environment, c.attempts - 1 as attem
   from claimed as c
   join public.webhook_endpoints as w on w.id = c.endpoint_id
   join public.events as e on e.id = c.event_id
-"""
+""")
 
 # What the claim's transaction sets. The planner cannot know how few rows each endpoint's read
 # returns (its limit is computed per endpoint), so on a large backlog its estimate passes
@@ -186,7 +186,7 @@ CLAIM_SETTINGS: Final = {"jit": "off"}
 # One statement records a whole batch. The lease-guarded update decides which results still steer
 # the delivery; every attempt that was made gets its row, even when the delivery moved on without
 # it (endpoint disabled mid-flight, lease lost): the attempt happened, the log says so.
-_RECORD = """
+_RECORD = statement("""
 with result as (
     -- Binary parameters: arrays of hundreds of values dump several times faster that way.
     select *
@@ -231,36 +231,36 @@ select r.id, u.id is not null as applied, l.delivery_id is not null as logged
   from result as r
   left join updated as u on u.id = r.id
   left join logged as l on l.delivery_id = r.id
-"""
+""")
 
-_DISABLE_ENDPOINT = """
+_DISABLE_ENDPOINT = statement("""
 update public.webhook_endpoints
    set enabled = false, disabled_by = 'receiver', disabled_reason = %(reason)s
  where id = %(endpoint_id)s and enabled
-"""
+""")
 
 # Unsent deliveries go back as they were: the attempt counted at claim time is taken back.
-_RELEASE = """
+_RELEASE = statement("""
 update public.webhook_deliveries
    set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
  where id = any(%(ids)b::uuid[]) and leased_by = %(worker_id)s and status = 'pending'
-"""
+""")
 
-_RENEW = """
+_RENEW = statement("""
 update public.webhook_deliveries
    set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
  where id = any(%(ids)b::uuid[]) and leased_by = %(worker_id)s and status = 'pending'
 returning id
-"""
+""")
 
-_COUNT_DUE = """
+_COUNT_DUE = statement("""
 select count(*) as due
   from public.webhook_deliveries as d
   join public.webhook_endpoints as w on w.id = d.endpoint_id and w.enabled
  where d.status = 'pending'
    and d.next_attempt_at <= now()
    and (d.lease_expires_at is null or d.lease_expires_at < now())
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ as the signed-in user, secrets shown once and prod's typed confirmations."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from uuid import uuid4
 
 import httpx
 from loguru import logger
 
 from console.context import CSRF_COOKIE, CSRF_FIELD
-from console.flash import Flash, FlashBox
+from console.flash import FLASH_TTL_SECONDS, Flash, FlashBox
 from shared.db import Database
 
 TOKEN_IN_PAGE = re.compile(r'id="new-key-value">(nm_[A-Za-z0-9_]+)<')
@@ -446,21 +447,33 @@ async def test_rotating_a_key_shows_the_new_secret_once(
     assert await count_keys(db, project.rsplit("/", 1)[1]) == 2
 
 
-def test_a_flash_opens_once_for_its_page_and_user_only() -> None:
+async def test_a_flash_opens_once_for_its_page_and_user_only(db: Database) -> None:
     box = FlashBox("a-secret-of-at-least-thirty-two-characters")
     user = uuid4()
     sealed = box.seal(Flash(target="/projects/a", user_id=str(user), secret="nm_dev_sk_x"))
     assert "nm_dev_sk_x" not in sealed
-    assert box.open(sealed, path="/projects/b", user_id=user) is None
-    assert box.open(sealed, path="/projects/a", user_id=uuid4()) is None
+    assert await box.take(db, sealed, path="/projects/b", user_id=user) is None
+    assert await box.take(db, sealed, path="/projects/a", user_id=uuid4()) is None
     tampered = sealed[:40] + ("B" if sealed[40] != "B" else "C") + sealed[41:]
-    assert box.open(tampered, path="/projects/a", user_id=user) is None
+    assert await box.take(db, tampered, path="/projects/a", user_id=user) is None
     other = FlashBox("another-secret-of-at-least-thirty-two-chars")
-    assert other.open(sealed, path="/projects/a", user_id=user) is None
-    opened = box.open(sealed, path="/projects/a", user_id=user)
+    assert await other.take(db, sealed, path="/projects/a", user_id=user) is None
+    opened = await box.take(db, sealed, path="/projects/a", user_id=user)
     assert opened is not None and opened.secret == "nm_dev_sk_x"
     assert "nm_dev_sk_x" not in repr(opened)
-    assert box.open(sealed, path="/projects/a", user_id=user) is None  # once
+    assert await box.take(db, sealed, path="/projects/a", user_id=user) is None  # once
+    # Once for every replica: another process with the same secret refuses it too.
+    replica = FlashBox("a-secret-of-at-least-thirty-two-characters")
+    assert replica.read(sealed, path="/projects/a", user_id=user) is not None
+    assert await replica.take(db, sealed, path="/projects/a", user_id=user) is None
+    # What the database keeps: the random id and when it stops mattering, never the secret.
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select flash_id, expires_at - shown_at as kept from private.console_flashes_shown"
+        )
+        [row] = await cur.fetchall()
+    assert row["flash_id"] == opened.nonce
+    assert timedelta(seconds=100) < row["kept"] <= timedelta(seconds=FLASH_TTL_SECONDS)
 
 
 async def test_a_refusal_echoing_long_input_still_arrives(client: httpx.AsyncClient) -> None:

@@ -174,7 +174,23 @@ TABLES: dict[str, Table] = {
         columns={
             "id": Col("00000000-0000-4000-8000-000000000005"),
             "project_id": Col(Ref("project_spare"), insert=True, new=Ref("project")),
-            "url": Col("https://example.com/moved", insert=True, update=True),
+            "url": Col(
+                "https://example.com/moved",
+                insert=True,
+                update=True,
+                # What the console's parser stores passes; what it refuses is refused here too
+                # (a check constraint), for writers that reach the table directly.
+                writes=(
+                    Write("insert", "https://hooks.example.com:65535/in"),
+                    Write("insert", "https://[2001:db8::10]:8443/in?x=1"),
+                    Write("update", "https://xn--bcher-kva.example/in"),
+                    Write("insert", "https://user:pw@example.com/in", sqlstate="23514"),
+                    Write("update", "https://example.com/a b", sqlstate="23514"),
+                    Write("update", "https://example.com/in#top", sqlstate="23514"),
+                    Write("update", "ftp://example.com/in", sqlstate="23514"),
+                    Write("update", "https:///in", sqlstate="23514"),
+                ),
+            ),
             "description": Col("described", insert=True, update=True),
             "event_types": Col(["webhook.test"], insert=True, update=True),
             "enabled": Col(

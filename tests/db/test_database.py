@@ -3,6 +3,9 @@ and database errors arrive as the project's own."""
 
 from __future__ import annotations
 
+import asyncio
+
+import psycopg
 import pytest
 
 from shared import apikeys, projects
@@ -76,3 +79,30 @@ async def test_invalid_environment_is_refused_before_the_database(
             await projects.create_project(conn, name="x", environment="production")
     async with db.as_service() as conn:
         assert await projects.list_projects(conn) == []
+
+
+async def test_a_connection_the_server_ended_is_replaced_before_it_is_handed_out(
+    database_url: str,
+) -> None:
+    # The pool asks a connection only when its socket has something to read (the server's
+    # goodbye): a terminated backend must still never reach a caller.
+    async with Database(database_url, min_size=1, max_size=1) as db:
+        async with db.as_service() as conn:
+            cur = await conn.execute("select pg_backend_pid() as pid")
+            first = await cur.fetchone()
+        assert first is not None
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+            await admin.execute("select pg_terminate_backend(%s)", (first["pid"],))
+            for _ in range(500):
+                left = await admin.execute(
+                    "select count(*) from pg_stat_activity where pid = %s", (first["pid"],)
+                )
+                gone = await left.fetchone()
+                if gone is not None and gone[0] == 0:
+                    break
+                await asyncio.sleep(0.01)
+        async with db.as_service() as conn:
+            cur = await conn.execute("select pg_backend_pid() as pid, current_user as role")
+            second = await cur.fetchone()
+        assert second is not None
+        assert second["pid"] != first["pid"] and second["role"] == "service_role"

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
+from shared import status
 from shared.db import Database
 from tests.worker.conftest import (
     MakeProject,
@@ -194,3 +197,48 @@ def test_status_without_a_database_says_so(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "DATABASE_URL is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_exhausted_count_reads_its_partial_index(database_url: str) -> None:
+    """Among 30,000 deliveries over three weeks, 1% exhausted: the planner serves the status
+    command's exhausted count from webhook_deliveries_exhausted_idx (an index-only scan of the
+    last day's exhausted deliveries), not from a scan of every delivery."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            with owner as (insert into auth.users (email) values ('plan@example.com') returning id),
+                 project as (insert into public.projects (owner_id, name)
+                             select id, 'plan' from owner returning id),
+                 endpoint as (insert into public.webhook_endpoints (project_id, url, secret)
+                              select id, 'https://hooks.example.com/in', 'whsec_cGxhbg=='
+                                from project returning project_id)
+            insert into public.events (project_id, type)
+            select project_id, 'test.ping' from endpoint, generate_series(1, 30000)
+            """
+        )
+        conn.execute(
+            "with numbered as (select id, row_number() over (order by id) as n"
+            "                    from public.webhook_deliveries)"
+            " update public.webhook_deliveries as d"
+            "    set status = case when n % 100 = 0 then 'exhausted' else 'succeeded' end"
+            "                 ::public.delivery_status,"
+            "        completed_at = now() - make_interval(mins => n::int)"
+            "   from numbered where numbered.id = d.id"
+        )
+        conn.execute("vacuum analyze public.webhook_deliveries")
+        [[plan]] = conn.execute(
+            "explain (format json) " + status.EXHAUSTED_SINCE, (86400.0,)
+        ).fetchall()
+        counted = conn.execute(status.EXHAUSTED_SINCE, (86400.0,)).fetchall()
+
+    def scans(node: dict[str, Any]) -> list[tuple[str, str | None]]:
+        found = [(node["Node Type"], node.get("Index Name"))]
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return found
+
+    nodes = scans(plan[0]["Plan"])
+    assert ("Index Only Scan", "webhook_deliveries_exhausted_idx") in nodes, nodes
+    assert not any(kind == "Seq Scan" for kind, _ in nodes), nodes
+    # The n-th delivery completed n minutes ago: 14 exhausted (every 100th) in the last 1,440.
+    assert counted == [("prod", 14)]

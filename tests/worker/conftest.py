@@ -51,6 +51,18 @@ FAST: dict[str, Any] = {
 }
 
 
+HANGING_ENDPOINT_TIMEOUT = 2.0
+BUSY_WITH_A_HANGING_ENDPOINT: dict[str, Any] = {
+    "request_timeout_seconds": HANGING_ENDPOINT_TIMEOUT,
+    "concurrency": 50,
+    "batch_size": 200,
+    "endpoint_concurrency": 4,
+    "retry_schedule_seconds": [600.0],
+    "poll_interval_seconds": 5.0,  # other webhooks must come by notification, not by polling
+}
+"""Worker settings of the fairness tests: a hanging endpoint's backlog times out 4 at a time."""
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
@@ -111,15 +123,20 @@ class Receiver:
 
 @contextlib.asynccontextmanager
 async def serving(
-    receiver: Receiver, path: str = "/hook", *, hang_up_with_client: bool = False
+    receiver: Receiver,
+    path: str = "/hook",
+    *,
+    hang_up_with_client: bool = False,
+    port: int = 0,
 ) -> AsyncIterator[Receiver]:
-    """`receiver` on loopback; with `hang_up_with_client`, a request whose client went away
-    stops being handled (a receiver that never answers then ends with the test, not a minute on)."""
+    """`receiver` on loopback (on `port`, else a free one); with `hang_up_with_client`, a request
+    whose client went away stops being handled (a receiver that never answers then ends with the
+    test, not a minute on)."""
     app = web.Application()
     app.router.add_post(path, receiver.handle)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=hang_up_with_client)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     host, port = runner.addresses[0][:2]
     receiver.url = f"http://{host}:{port}{path}"

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared import suspensions
 from shared.db import Database
@@ -161,6 +162,52 @@ async def test_a_suspension_is_all_or_nothing(db: Database, make_project: MakePr
     await allow_inserts(db, "events")
     assert (await sweep(db, worker_settings())).suspended == 1
     assert (await project_state(db, project))["status"] == "suspended"
+
+
+def sweep_actions() -> dict[tuple[str, str], float]:
+    """The sweep's action counters as a scrape would read them."""
+    return {
+        (env, action): REGISTRY.get_sample_value(
+            "parity_autosuspend_actions_total", {"environment": env, "action": action}
+        )
+        or 0.0
+        for env in ("prod", "dev", "staging")
+        for action in ("suspended", "cap_exceeded")
+    }
+
+
+async def test_a_batch_whose_commit_fails_is_not_counted(
+    db: Database, make_project: MakeProject
+) -> None:
+    """Every write of the batch succeeds and its commit is refused (a deferred constraint trigger
+    raising at commit, as a commit lost to a failover would): nothing is suspended and the metrics
+    count nothing; the sweep that then commits is counted once."""
+    prod = await make_project("prod")
+    dev = await make_project("dev")
+    for project in (prod, dev):
+        await add_usage(db, project, requests=200, request_cap=100, window_start=WINDOW)
+    async with db.as_service() as conn:
+        await conn.execute("set role postgres")
+        await conn.execute(
+            "create function public.refuse_commit() returns trigger language plpgsql as"
+            " $$ begin raise exception 'commit refused'; end $$;"
+            " create constraint trigger refuse_commit after insert on public.events"
+            " deferrable initially deferred for each row execute function public.refuse_commit()"
+        )
+    before = sweep_actions()
+    with pytest.raises(ParityError, match="commit refused"):
+        await sweep(db, worker_settings())
+    assert sweep_actions() == before
+    assert (await project_state(db, prod))["status"] == "active"
+    async with db.as_service() as conn:
+        await conn.execute("set role postgres")
+        await conn.execute("drop trigger refuse_commit on public.events")
+    assert await sweep(db, worker_settings()) == autosuspend.SweepResult(2, 1, 1)
+    after = sweep_actions()
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {
+        ("prod", "suspended"): 1,
+        ("dev", "cap_exceeded"): 1,
+    }
 
 
 async def test_three_concurrent_sweepers_suspend_each_project_once(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import random
+import socket
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import pytest
 from aiohttp import web
 
-from shared import deliveries
+from shared import deliveries, webhooks
 from shared.db import Database
 from shared.errors import Conflict
 from tests.worker.conftest import (
@@ -51,6 +54,37 @@ async def test_a_delivery_is_signed_sent_once_and_logged(
     assert (attempt["attempt_number"], attempt["status_code"]) == (1, 200)
     assert attempt["response_body"] == "answer 200"
     assert attempt["error"] is None
+
+
+def free_port_from(lowest: int) -> int:
+    """A loopback port at least `lowest` that is free now (the kernel's own pick may be lower)."""
+    for port in random.sample(range(lowest, 32768), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port from {lowest}")
+
+
+async def test_a_receiver_on_a_five_digit_port_gets_its_delivery(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    """The URL passes the parser the console uses, is stored, and the worker delivers to it."""
+    project = await make_project("prod")
+    async with serving(Receiver(), port=free_port_from(10_000)) as receiver:
+        assert int(receiver.url.rsplit(":", 1)[1].split("/")[0]) >= 10_000
+        async with db.as_service() as conn:
+            created = await webhooks.create_endpoint(conn, project, receiver.url)
+        assert created.endpoint.url == receiver.url
+        receiver.secret = created.secret
+        [delivery_id] = await emit_events(db, project)
+        await drain(database_url)
+    assert receiver.bad_signatures == []
+    assert [r.webhook_id for r in receiver.received] == [str(delivery_id)]
+    row = await delivery_row(db, delivery_id)
+    assert (row["status"], row["last_status_code"]) == ("succeeded", 200)
 
 
 async def retry_until_final(
@@ -337,3 +371,63 @@ async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered_until_enable
     await drain(database_url)
     assert [r.webhook_id for r in receiver.received] == [str(delivery_id)]
     assert (await delivery_row(db, delivery_id))["status"] == "succeeded"
+
+
+async def test_a_batch_records_each_attempt_once_whatever_it_repeats_or_arrives_late(
+    db: Database, make_project: MakeProject, receiver: Receiver
+) -> None:
+    # One statement records a whole batch, still guarded by lease and attempt number: a result
+    # repeated within the batch, a replay of it in a later batch and a late result of an attempt
+    # the delivery has moved past are each written at most once and steer nothing twice.
+    project, _ = await webhook_project(db, make_project, receiver, "prod")
+    first, second = await emit_events(db, project, 2)
+    budgets = queue.Budgets.from_config()
+    async with db.as_service() as conn:
+        claimed = await queue.claim(
+            conn,
+            worker_id="w",
+            limit=10,
+            lease_seconds=60,
+            per_endpoint=4,
+            held=[],
+            budgets=budgets,
+        )
+    assert {c.id for c in claimed} == {first, second}
+    endpoint = claimed[0].endpoint_id
+
+    def result(delivery_id: UUID, number: int, outcome: queue.Outcome) -> queue.AttemptResult:
+        return queue.AttemptResult(
+            delivery_id=delivery_id,
+            endpoint_id=endpoint,
+            attempt_number=number,
+            outcome=outcome,
+            delay_seconds=30,
+            started_at=datetime.now(UTC),
+            duration_ms=1,
+            status_code=204 if outcome == "succeeded" else 500,
+            response_body="",
+            error=None,
+        )
+
+    batch = [
+        result(first, 1, "succeeded"),
+        result(first, 1, "succeeded"),
+        result(second, 1, "pending"),
+    ]
+    async with db.as_service() as conn:
+        done = await queue.record(conn, batch, worker_id="w")
+    assert done == queue.Recorded({first, second}, {first, second})
+    async with db.as_service() as conn:
+        # The same batch again, and a late result of attempt 1 after the delivery moved on.
+        again = await queue.record(conn, [*batch, result(second, 1, "succeeded")], worker_id="w")
+    assert again == queue.Recorded(set(), set())
+
+    assert [a["attempt_number"] for a in await attempt_rows(db, first)] == [1]
+    assert [a["attempt_number"] for a in await attempt_rows(db, second)] == [1]
+    first_row, second_row = await delivery_row(db, first), await delivery_row(db, second)
+    assert (first_row["status"], first_row["attempts"]) == ("succeeded", 1)
+    assert (second_row["status"], second_row["attempts"], second_row["leased_by"]) == (
+        "pending",
+        1,
+        None,
+    )

@@ -16,6 +16,8 @@ from aiohttp import web
 from shared.db import Database
 from shared.webhooks import set_enabled
 from tests.worker.conftest import (
+    BUSY_WITH_A_HANGING_ENDPOINT,
+    HANGING_ENDPOINT_TIMEOUT,
     MakeProject,
     Receiver,
     add_endpoint,
@@ -40,7 +42,7 @@ async def test_a_hanging_endpoint_does_not_delay_another_projects_webhooks(
     make_project: MakeProject,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    timeout = 2.0
+    timeout = HANGING_ENDPOINT_TIMEOUT
     async with (
         serving(Receiver(delay=3_600), hang_up_with_client=True) as hanging,
         serving(Receiver()) as healthy,
@@ -48,15 +50,7 @@ async def test_a_hanging_endpoint_does_not_delay_another_projects_webhooks(
         project_a, _ = await webhook_project(db, make_project, hanging, "prod")
         project_b, _ = await webhook_project(db, make_project, healthy, "prod")
         await emit_events(db, project_a, 300)
-        worker = start_worker_process(
-            database_url,
-            request_timeout_seconds=timeout,
-            concurrency=50,
-            batch_size=200,
-            endpoint_concurrency=4,
-            retry_schedule_seconds=[600.0],
-            poll_interval_seconds=5.0,  # B's webhook must come by notification, not by polling
-        )
+        worker = start_worker_process(database_url, **BUSY_WITH_A_HANGING_ENDPOINT)
         processes.append(worker)
         await eventually(lambda: _arrived(hanging, 4), what="the hanging endpoint's first requests")
         loop = asyncio.get_running_loop()
