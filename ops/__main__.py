@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from ops import audit_cmd, database, keys_cmd, status_cmd, up, worker_cmd
+from ops import apps_cmd, audit_cmd, database, keys_cmd, status_cmd, up, worker_cmd
 from shared.settings import PlatformSettings
 
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         " the sessions in its way (e.g. 30s, 20min; default 5min)",
     )
     keys_cmd.register(commands)
+    apps_cmd.register(commands)
     worker_cmd.register(commands)
     status_cmd.register(commands)
     audit_cmd.register(commands)
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     adopt_running_database()
     if args.command == "keys":
         return keys_cmd.run(args)
+    if args.command == "apps":
+        return apps_cmd.run(args)
     if args.command == "migrate":
         try:
             if args.bootstrap:
