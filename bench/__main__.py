@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one after another. Each prints ratios measured side by side.
 
 `python -m bench [NAME ...] [--quick]`: NAME is a module of this package (gateway, worker, console,
-migrations).
+migrations, parity, audit).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 # Each is `python -m bench.<name>`; the other modules here are servers and helpers they use.
-BENCHMARKS = ["gateway", "worker", "console", "migrations"]
+BENCHMARKS = ["gateway", "worker", "console", "migrations", "parity", "audit"]
 
 
 def main(argv: list[str]) -> int:

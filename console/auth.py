@@ -62,6 +62,9 @@ class Session:
     token: str = field(repr=False)
     claims: Mapping[str, Any] = field(repr=False)
     """The token's claims, given to Postgres as request.jwt.claims (as PostgREST does)."""
+    request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """What Postgres gets as request.headers (as PostgREST passes them): the client's address
+    and user agent, which the audit trail records."""
 
 
 class Authenticator:

@@ -3,7 +3,7 @@ and the dependencies that turn a request into a signed-in user."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -65,7 +65,7 @@ async def api_session(request: Request, state: ConsoleDep) -> Session:
             raise Unauthenticated()
         if request.method in UNSAFE_METHODS:
             state.csrf.check(request.cookies.get(CSRF_COOKIE), request.headers.get(CSRF_HEADER))
-    return await live_session(state, token)
+    return with_request(await live_session(state, token), request)
 
 
 async def page_session(request: Request, state: ConsoleDep) -> Session:
@@ -73,7 +73,17 @@ async def page_session(request: Request, state: ConsoleDep) -> Session:
     token = request.cookies.get(state.settings.cookie_name)
     if token is None:
         raise Unauthenticated()
-    return await live_session(state, token)
+    return with_request(await live_session(state, token), request)
+
+
+def with_request(session: Session, request: Request) -> Session:
+    """`session` carrying its request's context for Postgres (the audit trail): the client's
+    address as `x-forwarded-for` and the user agent, with the lower-case names PostgREST uses."""
+    headers = {"x-forwarded-for": client_address(request)}
+    user_agent = request.headers.get("user-agent", "")[:500]
+    if user_agent:
+        headers["user-agent"] = user_agent
+    return replace(session, request_headers=headers)
 
 
 async def live_session(state: Console, token: str) -> Session:

@@ -8,14 +8,15 @@ secret, shown once; a refusal with the database's hint; a notice) travels in a o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 from uuid import UUID
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from markupsafe import Markup
 
@@ -35,7 +36,7 @@ from console.context import (
 from console.errors import status_of
 from console.flash import FLASH_COOKIE, FLASH_TTL_SECONDS, Flash
 from console.signin import TooManySignIns, sign_in
-from shared import apikeys, deliveries, projects, suspensions, usage, users, webhooks
+from shared import apikeys, audit, deliveries, projects, suspensions, usage, users, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
@@ -273,7 +274,7 @@ async def signout(request: Request, state: ConsoleDep, form: Form) -> Response:
 
 @router.get("/projects")
 async def list_projects(request: Request, state: ConsoleDep, session: PageSession) -> Response:
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         found = await projects.list_projects(conn)
     return render(
         request,
@@ -292,7 +293,9 @@ async def create_project(
     request: Request, state: ConsoleDep, session: PageSession, form: Form
 ) -> Response:
     try:
-        async with state.db.as_user(session.user_id, session.claims) as conn:
+        async with state.db.as_user(
+            session.user_id, session.claims, session.request_headers
+        ) as conn:
             project = await projects.create_project(
                 conn,
                 name=form.get("name", ""),
@@ -341,8 +344,43 @@ class UsageChart:
         return "over" if percent >= 100 else "near" if percent >= 80 else "ok"
 
 
-async def project_context(state: Console, session: Session, project_id: UUID) -> dict[str, Any]:
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+ACTORS: Final = {
+    "platform": "the platform",
+    "worker": "the worker",
+    "operator": "an operator",
+}
+
+
+def actor_words(entry: audit.AuditEntry, session: Session) -> str:
+    """Who acted, in words: you, another user (by id), the platform, the worker, an operator."""
+    if entry.actor_type == "user":
+        return "you" if entry.actor_id == session.user_id else f"user {entry.actor_id}"
+    return ACTORS[entry.actor_type]
+
+
+def _shown(value: Any) -> str:
+    """A value as typed: text in quotes, unescaped (the page escapes it as HTML), else JSON."""
+    return f'"{value}"' if isinstance(value, str) else json.dumps(value)
+
+
+def change_lines(entry: audit.AuditEntry) -> list[str]:
+    """Each changed column as `column: before → after` (a side without a value left out)."""
+    lines = []
+    for column, change in sorted(entry.changes.items()):
+        before, after = (_shown(change.get(side)) for side in ("before", "after"))
+        if change.get("before") is None:
+            lines.append(f"{column}: {after}")
+        elif change.get("after") is None and entry.action.endswith(".deleted"):
+            lines.append(f"{column}: was {before}")
+        else:
+            lines.append(f"{column}: {before} \u2192 {after}")
+    return lines
+
+
+async def project_context(
+    state: Console, session: Session, project_id: UUID, *, activity_before: int | None = None
+) -> dict[str, Any]:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         project = await projects.get_project(conn, project_id)
         keys = await apikeys.list_keys(conn, project_id)
         endpoints = await webhooks.list_endpoints(conn, project_id)
@@ -353,6 +391,9 @@ async def project_context(state: Console, session: Session, project_id: UUID) ->
         attempts = await deliveries.attempts_by_delivery(conn, [d.id for d in recent])
         history = await suspensions.list_suspensions(conn, project_id)
         used = await usage.current_usage(conn, project, state.platform)
+        activity = await audit.list_entries(
+            conn, project_id, before=activity_before, limit=state.settings.activity_page_size
+        )
     config = get_environment_config(project.environment)
     return {
         "session": session,
@@ -369,14 +410,23 @@ async def project_context(state: Console, session: Session, project_id: UUID) ->
         "suspensions": history,
         "chart": UsageChart(used),
         "active_keys": sum(1 for k in keys if k.status == "active"),
+        "activity": activity,
+        "activity_before": activity_before,
+        "actor_words": lambda entry: actor_words(entry, session),
+        "change_lines": change_lines,
     }
 
 
 @router.get("/projects/{project_id}")
 async def show_project(
-    project_id: UUID, request: Request, state: ConsoleDep, session: PageSession
+    project_id: UUID,
+    request: Request,
+    state: ConsoleDep,
+    session: PageSession,
+    activity_before: Annotated[int | None, Query(ge=1, le=audit.MAX_ENTRY_ID)] = None,
 ) -> Response:
-    context = await project_context(state, session, project_id)
+    """The project page; `activity_before` pages the Activity card to older entries."""
+    context = await project_context(state, session, project_id, activity_before=activity_before)
     return render(request, "project.html", {**context, "flash": await take_flash(request, session)})
 
 
@@ -386,7 +436,7 @@ async def delivery_log(
 ) -> Response:
     """The delivery log and each endpoint's counts alone: what the project page polls to show
     deliveries as they happen."""
-    async with state.db.as_user(session.user_id, session.claims) as conn:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
         project = await projects.get_project(conn, project_id)
         endpoints = await webhooks.list_endpoints(conn, project_id)
         counts = await deliveries.counts_by_endpoint(conn, project_id)
@@ -448,7 +498,9 @@ async def act(
     the database's hint, in a one-time flash."""
     target = project_path(project_id)
     try:
-        async with state.db.as_user(session.user_id, session.claims) as conn:
+        async with state.db.as_user(
+            session.user_id, session.claims, session.request_headers
+        ) as conn:
             project = await projects.get_project(conn, project_id)
             result = await action(conn, project)
     except ParityError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
@@ -23,7 +24,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from shared import users, webhooks
+from shared import audit, users, webhooks
 from shared.deliveries import Attempt, Delivery
 from shared.environment import Environment, get_environment_config
 from shared.errors import InvalidInput
@@ -442,6 +443,37 @@ class SuspensionStateOut(Output):
 class DeliveryDetailOut(Output):
     delivery: Delivery
     attempts: list[Attempt] = Field(description="Every HTTP attempt, first first.")
+
+
+AuditAction = StrEnum("AuditAction", {action: action for action in audit.ACTIONS})  # type: ignore[misc]
+"""The actions the audit trail records, for the API's `action` filter."""
+
+
+class AuditEntryOut(Output):
+    id: int = Field(description="The entry's id; pass as `before` to page past it.")
+    at: datetime = Field(description="When the change was made, in UTC.")
+    project_id: UUID
+    project_name: str = Field(description="The project's name then.")
+    project_environment: Environment = Field(description="The project's environment then.")
+    actor_type: Literal["user", "platform", "worker", "operator"]
+    actor_id: UUID | None = Field(description="The signed-in user who acted, if one did.")
+    action: str = Field(description="`<target>.<verb>`, e.g. `api_key.revoked`.")
+    description: str = Field(description="The action in words.")
+    target_type: str
+    target_id: UUID
+    changes: dict[str, Any] = Field(
+        description='Audited columns that changed: `{"column": {"before": .., "after": ..}}`.'
+    )
+    correlation_id: UUID = Field(description="Shared by the entries of one transaction.")
+    client_address: str | None
+    user_agent: str | None
+
+
+class AuditPageOut(Output):
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` for the next, older page; null on the last page."
+    )
 
 
 class TokenOut(Output):

@@ -82,6 +82,7 @@ class ConsoleSettings(BaseSettings):
         default=None, description="Serve Swagger UI at /docs. Unset: on in local runs only."
     )
     deliveries_page_size: int = Field(default=50, ge=1, le=500)
+    activity_page_size: int = Field(default=20, ge=1, le=100)
 
     @field_validator("signin_limit_per_account", "signin_limit_per_address")
     @classmethod

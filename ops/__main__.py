@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from ops import database, keys_cmd, status_cmd, up, worker_cmd
+from ops import apps_cmd, audit_cmd, database, keys_cmd, status_cmd, up, worker_cmd
 from shared.settings import PlatformSettings
 
 
@@ -35,9 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first recreate Supabase's roles and auth schema (never on a real Supabase project)",
     )
+    migrate.add_argument(
+        "--lock-retries-total",
+        metavar="INTERVAL",
+        help="how long each migration keeps trying to take its locks before it gives up and names"
+        " the sessions in its way (e.g. 30s, 20min; default 5min)",
+    )
     keys_cmd.register(commands)
+    apps_cmd.register(commands)
     worker_cmd.register(commands)
     status_cmd.register(commands)
+    audit_cmd.register(commands)
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -45,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     adopt_running_database()
     if args.command == "keys":
         return keys_cmd.run(args)
+    if args.command == "apps":
+        return apps_cmd.run(args)
     if args.command == "migrate":
         try:
             if args.bootstrap:
                 database.bootstrap(args.url)
             else:
                 database.require_supabase_parts(args.url)
-            print(database.push_migrations(args.url))
+            print(database.push_migrations(args.url, lock_retries_total=args.lock_retries_total))
             print(database.list_migrations(args.url))
         except (database.ProvisioningError, psycopg.Error) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return status_cmd.run(args)
+    if args.command == "audit":
+        return audit_cmd.run(args)
     if args.command in {"suspensions", "deliveries"}:
         return worker_cmd.run(args)
     parser.error(f"unknown command {args.command}")

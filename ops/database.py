@@ -70,7 +70,7 @@ _PROMPT_LINES: Final = {
 }
 
 
-def run_cli(args: list[str], workdir: Path = REPO_ROOT) -> str:
+def run_cli(args: list[str], workdir: Path = REPO_ROOT, *, timeout: float | None = 300) -> str:
     """Run the pinned Supabase CLI; its output in the order it was written (stdout and stderr
     share one pipe), without the confirmation prompt `--yes` answered."""
     result = subprocess.run(
@@ -78,7 +78,7 @@ def run_cli(args: list[str], workdir: Path = REPO_ROOT) -> str:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
         env={**os.environ, "DO_NOT_TRACK": "1", "SUPABASE_TELEMETRY_DISABLED": "1"},
     )
@@ -124,9 +124,26 @@ def require_supabase_parts(url: str) -> None:
         )
 
 
-def push_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:
-    """`supabase db push`: apply the migrations in `workdir/supabase/migrations` not yet applied."""
-    return run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir)
+LOCK_RETRIES_TOTAL: Final = "parity.lock_retries_total"
+"""Setting read by `private.with_lock_retries` (migration 20260201000000_environments)."""
+
+
+def push_migrations(
+    url: str, *, workdir: Path = REPO_ROOT, lock_retries_total: str | None = None
+) -> str:
+    """`supabase db push`: apply the migrations in `workdir/supabase/migrations` not yet applied.
+
+    `lock_retries_total` (an interval: `30s`, `20min`) sets how long each migration keeps trying
+    to take its locks before it gives up (the setting `parity.lock_retries_total`, for this push
+    only; 5 minutes when unset). No time limit of its own: every migration's waits are bounded."""
+    if lock_retries_total is not None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        # Backslash-escaped: spaces separate the options' arguments.
+        value = lock_retries_total.strip().replace("\\", "\\\\").replace(" ", "\\ ")
+        query["options"] = f"{query.get('options', '')} -c {LOCK_RETRIES_TOTAL}={value}".strip()
+        url = urlunsplit((*parts[:3], urlencode(query), parts.fragment))
+    return run_cli(["db", "push", "--db-url", cli_url(url), "--yes"], workdir, timeout=None)
 
 
 def list_migrations(url: str, *, workdir: Path = REPO_ROOT) -> str:

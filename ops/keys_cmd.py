@@ -102,7 +102,7 @@ async def _run(args: argparse.Namespace, db: Database) -> None:
 
 
 async def _main(args: argparse.Namespace, url: str) -> None:
-    async with Database(url, min_size=1, max_size=1, name="parity-keys") as db:
+    async with Database(url, min_size=1, max_size=1, name="parity-keys", actor="operator") as db:
         await _run(args, db)
 
 

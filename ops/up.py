@@ -159,7 +159,7 @@ def supervise(specs: list[ProcessSpec], env: dict[str, str]) -> int:
 
 
 async def _seed(url: str) -> tuple[list[DemoKey], int]:
-    async with Database(url, min_size=1, max_size=1) as db:
+    async with Database(url, min_size=1, max_size=1, actor="operator") as db:
         return await seed_demo_counting(db)
 
 

@@ -46,8 +46,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(url: str) -> Database:
+    """The audit trail names an operator for what these commands change."""
+    return Database(url, min_size=1, max_size=1, actor="operator")
+
+
 async def _lift(url: str, args: argparse.Namespace) -> str:
-    async with Database(url, min_size=1, max_size=1) as db, db.as_service() as conn:
+    async with _database(url) as db, db.as_service() as conn:
         lifted = await suspensions.lift(
             conn, args.project_id, lifted_by=args.by.strip() or "operator", reason=args.reason
         )
@@ -55,7 +60,7 @@ async def _lift(url: str, args: argparse.Namespace) -> str:
 
 
 async def _redeliver(url: str, args: argparse.Namespace) -> str:
-    async with Database(url, min_size=1, max_size=1) as db, db.as_service() as conn:
+    async with _database(url) as db, db.as_service() as conn:
         delivery = await deliveries.redeliver(conn, args.delivery_id)
     return (
         f"delivery {delivery.id} is due again (after {delivery.attempts} attempts;"

@@ -144,6 +144,9 @@ async def rotate_key(conn: Connection, key_id: UUID, *, grace: timedelta) -> Iss
     old = await get_key(conn, key_id, for_update=True)
     if old.status != "active":
         raise Conflict(f"API key {key_id} is revoked: issue a new key instead")
+    if old.expires_at is not None and old.expires_at <= datetime.now(UTC):
+        # Its replacement would inherit an expiry already past.
+        raise Conflict(f"API key {key_id} has expired: issue a new key instead")
     new = await create_key(conn, old.project_id, old.kind, name=old.name, expires_at=old.expires_at)
     if grace == timedelta(0):
         await revoke_key(conn, key_id)

@@ -4,6 +4,11 @@ the project's own.
 `as_user` runs a transaction the way PostgREST does for a signed-in request (`role authenticated`
 and `request.jwt.claims`, both local to the transaction), so row level security is what protects
 data. `as_service` runs as `service_role`, which bypasses RLS: for the gateway and the worker.
+
+The audit trail's triggers read who acted from the same settings: the user's id from the claims,
+the client address and user agent from `request.headers` (as PostgREST passes them), and for the
+platform `parity.actor` (`worker`, `operator`), which a `Database` made with `actor=` sets in
+every service transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import select
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final, Literal
 from uuid import UUID
 
 import psycopg
@@ -37,6 +42,12 @@ from shared.errors import (
 
 Connection = AsyncConnection[DictRow]
 
+AuditActor = Literal["worker", "operator"]
+"""Who a platform process is in the audit trail (else `platform`)."""
+
+AUDIT_ACTOR: Final = "parity.actor"
+"""The transaction setting the audit trail's triggers read the platform's actor from."""
+
 
 def translate_error(exc: psycopg.Error) -> ParityError:
     """The project's error for a database error: message and hint come from the database."""
@@ -54,7 +65,7 @@ def translate_error(exc: psycopg.Error) -> ParityError:
             return InvalidInput(message, hint=hint)
         case "PE005":  # the delivery's state forbids it (already pending, endpoint disabled)
             return Conflict(message, hint=hint)
-        case "PE006":
+        case "PE006" | "PE007":  # PE007: the audit trail is append-only
             return PermissionDenied(message, hint=hint)
         # PE008 (an app's environment slots), PE009 (a promotion that is not one forward step
         # inside one app): raised by the apps migration.
@@ -120,10 +131,13 @@ class Database:
         name: str = "parity",
         prepared_statements: bool | None = None,
         wait_seconds: float = 30.0,
+        actor: AuditActor | None = None,
     ) -> None:
         """`wait_seconds` bounds the wait for a connection (all busy, or the server down); past
-        it a transaction raises DatabaseUnavailable."""
+        it a transaction raises DatabaseUnavailable. `actor` names who this process's service
+        transactions are in the audit trail (`worker`, `operator`); unset, the `platform`."""
         self.url = url
+        self._service_settings: dict[str, str] = {} if actor is None else {AUDIT_ACTOR: actor}
         if prepared_statements is None:
             prepared_statements = not is_transaction_pooler(url)
         kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
@@ -161,18 +175,29 @@ class Database:
         self, settings: Mapping[str, str] | None = None
     ) -> AsyncIterator[Connection]:
         """A transaction as `service_role`: sees every row, bypassing RLS. `settings` are set for
-        the transaction only, in the same round trip as BEGIN and the role."""
-        begin = _service_begin((("role", "service_role"), *(settings or {}).items()))
+        the transaction only, in the same round trip as BEGIN and the role (with `parity.actor`
+        when this Database was made with an `actor`)."""
+        settings = {**self._service_settings, **(settings or {})}
+        begin = _service_begin((("role", "service_role"), *settings.items()))
         async with self._transaction(begin) as conn:
             yield conn
 
     @asynccontextmanager
     async def as_user(
-        self, user_id: UUID | str, claims: Mapping[str, Any] | None = None
+        self,
+        user_id: UUID | str,
+        claims: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Connection]:
-        """A transaction as the signed-in user `user_id`, under row level security."""
+        """A transaction as the signed-in user `user_id`, under row level security. `headers`
+        (lower-case names) become `request.headers`, as PostgREST sets them: the audit trail
+        records `x-forwarded-for` and `user-agent` from there."""
         jwt_claims = {"role": "authenticated", **(claims or {}), "sub": str(user_id)}
-        settings = {"role": "authenticated", "request.jwt.claims": json.dumps(jwt_claims)}
+        settings = {
+            "role": "authenticated",
+            "request.jwt.claims": json.dumps(jwt_claims),
+            "request.headers": json.dumps(dict(headers or {})),
+        }
         async with self._transaction(begin_statement(settings)) as conn:
             yield conn
 

@@ -1,5 +1,6 @@
-"""The worker process: named tasks (sweeper, dispatcher, heartbeat, listener) and a monitor that
-stops the process loudly if one of them dies, rather than limping on without it."""
+"""The worker process: named tasks (sweeper, dispatcher, heartbeat, listener, the audit trail's
+retention job) and a monitor that stops the process loudly if one of them dies, rather than
+limping on without it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import contextlib
 import dataclasses
 import os
 import socket
-from collections.abc import Coroutine
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from loguru import logger
 from psycopg.rows import dict_row
 
+from shared import audit
 from shared.db import Database
 from shared.environment import Environment
 from shared.errors import DatabaseUnavailable, ParityError
@@ -38,6 +40,25 @@ EXIT_CONFIG = 2
 # Connection failures that mean the configuration is wrong, not that the database is away. libpq
 # gives no SQLSTATE for these, only its message.
 _UNFIXABLE = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
+
+
+async def purge_audit_trail(
+    db: Database, settings: WorkerSettings, stop: asyncio.Event | None = None
+) -> int:
+    """The audit trail's retention job: delete entries older than the retention, a batch per
+    transaction, until a batch comes back short; how many were deleted."""
+    retention = timedelta(days=settings.audit_retention_days)
+    total = 0
+    while stop is None or not stop.is_set():
+        async with db.as_service() as conn:
+            purged = await audit.purge(
+                conn, retention=retention, batch_size=settings.audit_purge_batch_size
+            )
+        total += purged
+        metrics.AUDIT_PURGED.inc(purged)
+        if purged < settings.audit_purge_batch_size:
+            break
+    return total
 
 
 class Unfixable(Exception):
@@ -107,6 +128,7 @@ class Worker:
             max_size=max(4, self.platform.db_pool_max_size),
             name=f"worker-{self.worker_id}",
             prepared_statements=self.platform.db_prepared_statements,
+            actor="worker",  # the audit trail names the worker for what it changes
         )
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> int:
@@ -157,6 +179,7 @@ class Worker:
             "sweeper": self._sweep_loop(db, stop),
             "dispatcher": dispatcher.run(stop),
             "heartbeat": self._heartbeat_loop(db, dispatcher, stop),
+            "audit_retention": self._audit_retention_loop(db, stop),
             "listener": listen(
                 self.platform.session_database_url,
                 wake,
@@ -204,18 +227,45 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _sweep_loop(self, db: Database, stop: asyncio.Event) -> None:
+    async def _repeat(
+        self,
+        what: str,
+        step: Callable[[], Awaitable[None]],
+        interval_seconds: float,
+        stop: asyncio.Event,
+    ) -> None:
+        """Run `step` every `interval_seconds` until `stop`; a database outage or a transient
+        error is reported and waited out, anything else ends the task (and the worker)."""
         while not stop.is_set():
             try:
-                self.swept = self.swept + await sweep(db, self.settings)
+                await step()
                 self.outage.ok()
             except DatabaseUnavailable as exc:
-                self.outage.failed("auto-suspend sweep", exc)
+                self.outage.failed(what, exc)
             except ParityError as exc:
                 if not is_transient(exc):
                     raise
-                logger.warning("auto-suspend sweep failed ({}); trying again later", exc)
-            await wait_any(stop, seconds=self.settings.sweep_interval_seconds)
+                logger.warning("{} failed ({}); trying again later", what, exc)
+            await wait_any(stop, seconds=interval_seconds)
+
+    async def _sweep_loop(self, db: Database, stop: asyncio.Event) -> None:
+        async def step() -> None:
+            self.swept = self.swept + await sweep(db, self.settings)
+
+        await self._repeat("auto-suspend sweep", step, self.settings.sweep_interval_seconds, stop)
+
+    async def _audit_retention_loop(self, db: Database, stop: asyncio.Event) -> None:
+        async def step() -> None:
+            purged = await purge_audit_trail(db, self.settings, stop)
+            if purged:
+                logger.info(
+                    "audit trail: deleted {} entries older than {} days",
+                    purged,
+                    self.settings.audit_retention_days,
+                )
+
+        interval = self.settings.audit_purge_interval_seconds
+        await self._repeat("audit retention", step, interval, stop)
 
     async def _heartbeat_loop(
         self, db: Database, dispatcher: Dispatcher, stop: asyncio.Event

@@ -72,6 +72,11 @@ AUTOSUSPEND_ACTIONS = Counter(
     ["environment", "action"],
 )
 
+AUDIT_PURGED = Counter(
+    "parity_audit_entries_purged",
+    "Audit trail entries deleted by the retention job (older than WORKER_AUDIT_RETENTION_DAYS).",
+)
+
 # Every series exists from the start (a scrape shows zeros, not gaps); the attempt counters are
 # looked up once here, since `labels()` costs more than the increment on the delivery path.
 _ATTEMPT_COUNTERS: Final = {

@@ -35,6 +35,18 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the heartbeat row is refreshed."
     )
+    audit_retention_days: int = Field(
+        default=400,
+        ge=1,
+        le=36_500,
+        description="Audit trail entries older than this many days are deleted by the worker.",
+    )
+    audit_purge_interval_seconds: float = Field(
+        default=3_600.0, gt=0, description="Pause between runs of the audit trail's retention job."
+    )
+    audit_purge_batch_size: int = Field(
+        default=10_000, ge=1, le=100_000, description="Audit entries deleted per transaction."
+    )
     heartbeat_max_age_seconds: float = Field(
         default=30.0, gt=0, description="`--check` accepts heartbeats younger than this."
     )

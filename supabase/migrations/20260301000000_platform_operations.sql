@@ -7,6 +7,10 @@ set statement_timeout = '15min';
 
 -- Usage counters ----------------------------------------------------------------------------------
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 create table public.usage_counters (
     project_id uuid not null references public.projects (id) on delete cascade,
     window_start timestamptz not null,
@@ -314,3 +318,4 @@ alter table public.projects
 comment on column public.projects.request_cap is
     'Hard cap of requests per cap window; null means the platform default. Past it a prod project '
     'is suspended, dev and staging get a warning event.';
+$ddl$);

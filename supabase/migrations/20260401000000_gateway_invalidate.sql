@@ -22,6 +22,10 @@ end
 $$;
 revoke all on function private.notify_gateway() from public, anon, authenticated;
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 -- last_used_at, written by the gateway's own batched flush, changes nothing a gateway caches, so it
 -- is left out: the gateway does not invalidate its cache with its own writes.
 create trigger api_keys_notify_gateway
@@ -64,3 +68,4 @@ alter table public.projects enable always trigger projects_notify_gateway_delete
 comment on function private.notify_gateway() is
     'Tells gateways (channel gateway_invalidate) to drop a cached API key (`key:<id>`) or every '
     'cached key of a project (`project:<id>`).';
+$ddl$);

@@ -29,8 +29,13 @@ revoke all on function private.cancel_deliveries_of_disabled_endpoint()
 comment on function private.cancel_deliveries_of_disabled_endpoint() is
     'Cancels the pending deliveries of an endpoint that was just disabled.';
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 create trigger webhook_endpoints_cancel_deliveries_when_disabled
     after update of enabled on public.webhook_endpoints
     for each row
     when (old.enabled and not new.enabled)
     execute function private.cancel_deliveries_of_disabled_endpoint();
+$ddl$);

@@ -330,6 +330,10 @@ comment on function public.redeliver_webhook(uuid) is
 -- The ACCESS EXCLUSIVE locks these statements take are held until the migration commits, so they
 -- come after everything else: only catalog changes run under them.
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 revoke insert, update on public.api_keys from authenticated;
 -- Owners name and revoke their keys, and set or shorten an expiry (the trigger below says how).
 grant update (name, status, expires_at) on public.api_keys to authenticated;
@@ -367,3 +371,4 @@ create trigger webhook_endpoints_enforce_disabling
 
 revoke update on public.webhook_deliveries from authenticated;
 drop policy "owners redeliver their deliveries" on public.webhook_deliveries;
+$ddl$);

@@ -7,6 +7,10 @@ set statement_timeout = '15min';
 -- the `private` schema, which PostgREST does not expose; only the platform (service_role) reads or
 -- writes it, and row level security is on with no policy for anyone else.
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 create table private.revoked_sessions (
     token_id text primary key check (char_length(token_id) between 1 and 200),
     user_id uuid not null references auth.users (id) on delete cascade,
@@ -31,3 +35,4 @@ revoke all on private.revoked_sessions from public, anon, authenticated;
 grant select, insert, delete on private.revoked_sessions to service_role;
 create policy revoked_sessions_service on private.revoked_sessions
     for all to service_role using (true) with check (true);
+$ddl$);

@@ -12,6 +12,10 @@ set statement_timeout = '15min';
 -- (a restore, a replication apply, an operator editing by hand around the usual triggers), so no
 -- way of writing a key leaves a gateway with a wrong idea of it.
 
+-- Everything below takes locks on tables in use: it runs with short lock timeouts and retries
+-- (private.with_lock_retries, defined in 20260201000000_environments), as one block, so a
+-- retry releases all of its locks.
+select private.with_lock_retries($ddl$
 create trigger api_keys_notify_gateway_insert
     after insert on public.api_keys
     for each row execute function private.notify_gateway('key');
@@ -29,3 +33,4 @@ comment on trigger api_keys_notify_gateway_insert on public.api_keys is
     'Tells gateways a key was created, so they forget token hashes they found unknown.';
 comment on trigger api_keys_notify_gateway_kind on public.api_keys is
     'Tells gateways to drop a cached key whose kind changed.';
+$ddl$);

@@ -12,9 +12,26 @@ set statement_timeout = '15min';
 -- requests in flight). Finished deliveries leave both.
 --
 -- Built concurrently: webhook_deliveries takes writes from every event's fan-out, which a plain
--- CREATE INDEX would block for the whole build. The Supabase CLI runs these statements outside
--- the migration's transaction, one at a time. If a build fails midway (the lock timeout above),
--- Postgres keeps an invalid index: each one is dropped first, so pushing again starts clean.
+-- CREATE INDEX would block for the whole build. The Supabase CLI sends a migration's statements
+-- in one batch whose implicit transaction each concurrent statement commits before running on
+-- its own; if a build fails midway, Postgres keeps an invalid index: each one is dropped first, so
+-- pushing again starts clean.
+--
+-- How long they wait. A concurrent build or drop takes SHARE UPDATE EXCLUSIVE on the table, which
+-- no read or write conflicts with, then waits for the transactions in its way to end (waits on
+-- those transactions, in no table's queue): nothing queues behind it, so unlike the statements
+-- private.with_lock_retries runs, a long wait stalls no traffic, while giving up and trying again
+-- would throw a partial build away. So each waits in one go for as long as with_lock_retries keeps
+-- trying: the setting parity.lock_retries_total, 5 minutes when unset (the same default as
+-- private.lock_retries_total, written out here so that this migration needs no helper). Session
+-- level: the transaction this runs in is committed by the first build; the CLI resets the session
+-- before the next migration.
+select pg_catalog.set_config(
+    'lock_timeout',
+    (1000 * extract(epoch from
+        coalesce(nullif(current_setting('parity.lock_retries_total', true), ''), '5min')::interval
+    ))::bigint::text,
+    false);
 
 -- squawk-ignore ban-concurrent-index-creation-in-transaction
 drop index concurrently if exists public.webhook_deliveries_endpoint_queue_idx;

@@ -151,6 +151,20 @@ def test_environments_badges_banner_and_a_key_shown_once(page: Page) -> None:
     expect(page.locator("#key-list tbody tr").first.locator(".key-status")).to_have_text("revoked")
     shot(page, "07-key-revoked")
 
+    # The Activity card: the revocation on top, by you, in UTC; then the key's issue, the project.
+    activity = page.locator("#activity-list tbody tr")
+    expect(activity).to_have_count(3)
+    newest = activity.first
+    expect(newest.locator("td[data-label=What]")).to_contain_text("revoked an API key")
+    expect(newest.locator("td[data-label=Who]")).to_contain_text("you")
+    expect(newest.locator("td[data-label=When]")).to_contain_text(" UTC")
+    expect(newest.locator("td[data-label=Changes]")).to_contain_text('status: "active" → "revoked"')
+    expect(activity.nth(1)).to_contain_text("issued an API key")
+    expect(activity.nth(2)).to_contain_text("created the project")
+    assert secret not in page.locator("#activity").inner_text()
+    page.locator("#activity").scroll_into_view_if_needed()
+    shot(page, "07b-activity")
+
 
 def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Page) -> None:
     page.goto("/signin")

@@ -324,6 +324,27 @@ TABLES: dict[str, Table] = {
             "tasks": Col({"forged": True}),
         },
     ),
+    # Written by triggers only; owners read their projects' entries and write nothing.
+    "audit_log": Table(
+        target="audit_entry",
+        columns={
+            "id": Col(424242, refusal="428C9"),  # generated always: refused before privileges
+            "at": Col(PAST),
+            "project_id": Col(Ref("project_spare")),
+            "project_name": Col("forged"),
+            "project_environment": Col("prod"),
+            "owner_id": Col(Ref("stranger")),
+            "actor_type": Col("platform"),
+            "actor_id": Col(Ref("stranger")),
+            "action": Col("project.created"),
+            "target_type": Col("project"),
+            "target_id": Col(Ref("project_spare")),
+            "changes": Col({"forged": True}),
+            "correlation_id": Col("00000000-0000-4000-8000-000000000007"),
+            "client_address": Col("192.0.2.1"),
+            "user_agent": Col("forged"),
+        },
+    ),
 }
 
 # Functions in `public` (PostgREST's /rpc, pg_graphql): who may execute each. Any other function

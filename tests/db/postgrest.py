@@ -45,6 +45,7 @@ ROW_TABLES = {
     "delivery_of_disabled": "webhook_deliveries",
     "attempt": "webhook_attempts",
     "heartbeat": "worker_heartbeats",
+    "audit_entry": "audit_log",
     "app": "apps",
     "app_spare": "apps",
     "app_link": "app_environments",
@@ -377,6 +378,10 @@ def _seed(admin: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, dic
     admin.execute(
         "insert into public.worker_heartbeats (worker_id, hostname, pid, started_at)"
         " values ('w1', 'host', 1, now())"
+    )
+    # The project's creation, written by the audit trail's trigger.
+    ids["audit_entry"] = one(
+        "select min(id) from public.audit_log where target_id = %s", (ids["project"],)
     )
     keys = {name: {"id": ids[name]} for name in ROW_TABLES if name in ids}
     keys["usage"] = {"project_id": ids["project"], "window_start": window}

@@ -11,7 +11,7 @@ import pytest
 from ops.demo import seed_demo
 from shared import apikeys, projects, webhooks
 from shared.db import Database
-from shared.errors import InvalidInput, PermissionDenied
+from shared.errors import Conflict, InvalidInput, PermissionDenied
 from shared.keys import KeyKind, parse_token
 from tests.conftest import MakeUser
 from worker import queue
@@ -40,6 +40,15 @@ async def test_an_owner_issues_rotates_and_revokes_through_the_platform(
         assert again.key.status == "active"
         # Revoking twice changes nothing.
         assert (await apikeys.revoke_key(conn, revoked.id)).revoked_at == revoked.revoked_at
+
+    # A key whose grace period has run out is not rotated again: its replacement would be born
+    # expired.
+    async with db.as_user(owner.id) as conn:
+        short = await apikeys.rotate_key(conn, again.key.id, grace=timedelta(microseconds=1))
+    with pytest.raises(Conflict, match="has expired: issue a new key instead"):
+        async with db.as_user(owner.id) as conn:
+            await apikeys.rotate_key(conn, again.key.id, grace=timedelta(hours=1))
+    assert short.key.status == "active"
 
     with pytest.raises(InvalidInput, match="is revoked, and revocation is final"):
         async with db.as_user(owner.id) as conn:

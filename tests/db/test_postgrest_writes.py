@@ -192,6 +192,12 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
         "projects",
         "anon: update projects.status",
     ),
+    "owners delete audit entries": (
+        "grant delete on public.audit_log to authenticated;"
+        " create policy anyone on public.audit_log for delete to authenticated using (true)",
+        "audit_log",
+        "owner: delete audit_log",
+    ),
     "strangers see every project": (
         "create policy everyone on public.projects to authenticated using (true)",
         "projects",
