@@ -196,8 +196,10 @@ with result as (
            as r(id, attempt_number, status, delay, status_code, error, started_at, duration_ms,
                 response_body)
 ), present as (
-    -- Locked, so a delivery deleted meanwhile (its endpoint deleted) is skipped, not an error.
+    -- Locked, so a delivery deleted meanwhile (its endpoint deleted) is skipped, not an error;
+    -- in id order, as every statement that may wait for held rows locks them (see _HELD_LOCKED).
     select d.id from public.webhook_deliveries as d join result as r on r.id = d.id
+     order by d.id
        for no key update of d
 ), updated as (
     update public.webhook_deliveries as d
@@ -239,19 +241,41 @@ update public.webhook_endpoints
  where id = %(endpoint_id)s and enabled
 """)
 
-# Unsent deliveries go back as they were: the attempt counted at claim time is taken back.
-_RELEASE = statement("""
-update public.webhook_deliveries
-   set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
- where id = any(%(ids)b::uuid[]) and leased_by = %(worker_id)s and status = 'pending'
-""")
+# Statements that lock many held deliveries at once and may wait for them (records, renewals,
+# releases) lock them in id order, so two of them never wait for each other: a renewal of
+# everything held, run beside a record of some of it, deadlocked now and then (each locked in
+# its own scan's order), and Postgres cancelled one (a second's pause for the worker). Claims
+# and settlements take their rows with SKIP LOCKED, so they never wait.
+_HELD_LOCKED = """
+with held as (
+    select d.id from public.webhook_deliveries as d
+     where d.id = any(%(ids)b::uuid[]) and d.leased_by = %(worker_id)s and d.status = 'pending'
+     order by d.id
+       for no key update of d
+)
+"""
 
-_RENEW = statement("""
-update public.webhook_deliveries
+# Unsent deliveries go back as they were: the attempt counted at claim time is taken back.
+_RELEASE = statement(
+    _HELD_LOCKED
+    + """
+update public.webhook_deliveries as d
+   set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
+  from held as h
+ where d.id = h.id
+"""
+)
+
+_RENEW = statement(
+    _HELD_LOCKED
+    + """
+update public.webhook_deliveries as d
    set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
- where id = any(%(ids)b::uuid[]) and leased_by = %(worker_id)s and status = 'pending'
-returning id
-""")
+  from held as h
+ where d.id = h.id
+returning d.id
+"""
+)
 
 _COUNT_DUE = statement("""
 select count(*) as due

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import socket
@@ -431,3 +432,77 @@ async def test_a_batch_records_each_attempt_once_whatever_it_repeats_or_arrives_
         1,
         None,
     )
+
+
+@pytest.mark.parametrize("statement", ["record", "renew", "release"])
+async def test_held_deliveries_are_locked_in_id_order_so_records_and_renewals_never_deadlock(
+    db: Database, make_project: MakeProject, receiver: Receiver, statement: str
+) -> None:
+    # A renewal of everything a worker holds runs beside records of parts of it. Each statement
+    # locks its rows in id order: one waiting for the lowest row holds none of the others
+    # meanwhile (locked in the order results finished, or in the order rows lie on disk, two such
+    # statements deadlocked now and then, and Postgres cancelled one).
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+    ids = await emit_events(db, project, 300)
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_deliveries"
+            " set leased_by = 'w', lease_expires_at = now() + interval '1 minute', attempts = 1"
+            " where id = any(%s)",
+            (ids,),
+        )
+    lowest, others = min(ids), sorted(ids)[1:]
+    backwards = sorted(ids, reverse=True)
+
+    async def run() -> None:
+        async with db.as_service() as conn:
+            if statement == "record":
+                results = [
+                    queue.AttemptResult(
+                        delivery_id=i,
+                        endpoint_id=endpoint,
+                        attempt_number=1,
+                        outcome="succeeded",
+                        delay_seconds=0,
+                        started_at=datetime.now(UTC),
+                        duration_ms=1,
+                        status_code=204,
+                        response_body="",
+                        error=None,
+                    )
+                    for i in backwards
+                ]
+                await queue.record(conn, results, worker_id="w")
+            elif statement == "renew":
+                await queue.renew(conn, backwards, worker_id="w", lease_seconds=60)
+            else:
+                await queue.release(conn, backwards, worker_id="w")
+
+    async with db.as_service() as holder:
+        await holder.execute(
+            "select from public.webhook_deliveries where id = %s for update", (lowest,)
+        )
+        task = asyncio.create_task(run())
+
+        async def waiting() -> bool:
+            if task.done():
+                task.result()  # it must wait, not finish
+            async with db.as_service() as conn:
+                # Row lock waits of this database's sessions (their queries are not ours to read).
+                cur = await conn.execute(
+                    "select count(*) as n from pg_locks where not granted and pid in"
+                    " (select pid from pg_stat_activity where datname = current_database())"
+                )
+                row = await cur.fetchone()
+            return row is not None and row["n"] > 0
+
+        await eventually(waiting, what=f"the {statement} waiting for the lowest row")
+        async with db.as_service() as probe:
+            cur = await probe.execute(
+                "select count(*) as n from (select from public.webhook_deliveries"
+                " where id = any(%s) for update skip locked) as free",
+                (others,),
+            )
+            row = await cur.fetchone()
+        assert row is not None and row["n"] == len(others), "rows past the lowest were locked"
+    await task
