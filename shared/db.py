@@ -183,6 +183,35 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def as_service_pipelined(
+        self, settings: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Connection]:
+        """`as_service` in one round trip: BEGIN, the role and settings, the statements the block
+        executes and COMMIT go out together (psycopg's pipeline mode) when the block ends, and
+        their results come back together. The block only sends: it reads its cursors after the
+        block, once the transaction has committed (their results are in by then, so reading them
+        does no I/O). The statements run in order; if one fails, nothing is committed and its
+        error is raised as the block ends."""
+        settings = {**self._service_settings, **(settings or {})}
+        begin = _service_pipeline_begin((("role", "service_role"), *settings.items()))
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        for statement in begin:
+                            await conn.execute(statement)
+                        yield conn
+                        await conn.execute(b"commit")
+                except Exception:
+                    if conn.info.transaction_status in _OPEN:
+                        # A connection that cannot even roll back is discarded by the pool.
+                        with suppress(psycopg.Error):
+                            await conn.execute("rollback")
+                    raise
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
+
+    @asynccontextmanager
     async def as_user(
         self,
         user_id: UUID | str,
@@ -227,21 +256,33 @@ class Database:
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
-def begin_statement(settings: Mapping[str, str]) -> bytes:
-    """`begin; select set_config(name, value, true), ...`: several statements without parameters
-    go in one simple-protocol message, so a transaction starts with its role and settings in a
-    single round trip. Names and values are quoted as literals."""
+def settings_statement(settings: Mapping[str, str]) -> bytes:
+    """`select set_config(name, value, true), ...`: the transaction's role and settings in one
+    statement. Names and values are quoted as literals."""
     configs = sql.SQL(", ").join(
         sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
         for name, value in settings.items()
     )
-    return sql.SQL("begin; select {}").format(configs).as_bytes(None)
+    return sql.SQL("select {}").format(configs).as_bytes(None)
+
+
+def begin_statement(settings: Mapping[str, str]) -> bytes:
+    """`begin; select set_config(name, value, true), ...`: several statements without parameters
+    go in one simple-protocol message, so a transaction starts with its role and settings in a
+    single round trip."""
+    return b"begin; " + settings_statement(settings)
 
 
 @lru_cache(maxsize=64)
 def _service_begin(settings: tuple[tuple[str, str], ...]) -> bytes:
     """The service's BEGIN statements, built once per set of settings (they are the code's own)."""
     return begin_statement(dict(settings))
+
+
+@lru_cache(maxsize=64)
+def _service_pipeline_begin(settings: tuple[tuple[str, str], ...]) -> tuple[bytes, bytes]:
+    """The same as two statements: pipeline mode takes one statement per query."""
+    return b"begin", settings_statement(dict(settings))
 
 
 async def check_idle_connection(conn: Connection) -> None:

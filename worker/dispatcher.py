@@ -229,19 +229,29 @@ class Dispatcher:
         # Lost attempts are rare (a worker died): looking for them once a second is plenty.
         settle = loop.time() >= self._next_settle
         # Finished attempts waiting for the recorder go in the claim's transaction: one
-        # transaction (and its round trips, its commit) fewer for each claim.
+        # transaction (and its round trips, its commit) fewer for each claim. The whole
+        # transaction is one round trip (pipeline mode): while a claim is on its way the senders
+        # may run dry, and under load each round trip waits for a turn of the busy event loop.
+        # A result that disables its endpoint needs the record's answer first: such results are
+        # left to the recorder.
         results, self._results = self._results, []
+        if any(result.disables_endpoint for result in results):
+            results, self._results = [], results + self._results
+            self._results_ready.set()
         recorded: queue.Recorded | None = None
         try:
-            async with self._db.as_service(queue.CLAIM_SETTINGS) as conn:
-                if results:
-                    recorded = await queue.record(conn, results, worker_id=self._worker_id)
-                settled = (
-                    await queue.settle_lost(conn, held=held, budgets=self._budgets)
-                    if settle
-                    else {}
+            async with self._db.as_service_pipelined(queue.CLAIM_SETTINGS) as conn:
+                recording = (
+                    await queue.send_record(conn, results, worker_id=self._worker_id)
+                    if results
+                    else None
                 )
-                claimed = await queue.claim(
+                settling = (
+                    await queue.send_settle_lost(conn, held=held, budgets=self._budgets)
+                    if settle
+                    else None
+                )
+                claiming = await queue.send_claim(
                     conn,
                     worker_id=self._worker_id,
                     limit=limit,
@@ -253,6 +263,11 @@ class Dispatcher:
                     attempted=list(self._attempted_ids),
                     budgets=self._budgets,
                 )
+            # Committed: the results are in.
+            if recording is not None:
+                recorded = await queue.read_recorded(recording)
+            settled = await queue.read_settled(settling) if settling is not None else {}
+            claimed = await queue.read_claimed(claiming)
         except BaseException as exc:
             self._results = results + self._results  # still to record
             if not isinstance(exc, ParityError) or not is_transient(exc):
@@ -433,8 +448,7 @@ class Dispatcher:
         while self._results:
             batch, self._results = self._results, []
             try:
-                async with self._db.as_service() as conn:
-                    recorded = await queue.record(conn, batch, worker_id=self._worker_id)
+                recorded = await self._record(batch)
             except asyncio.CancelledError:
                 self._results = batch + self._results  # still to record by whoever flushes next
                 raise
@@ -447,6 +461,16 @@ class Dispatcher:
                 continue
             self._outage.ok()
             self._recorded(batch, recorded)
+
+    async def _record(self, batch: list[AttemptResult]) -> queue.Recorded:
+        """Record `batch` in a transaction of its own: one round trip, unless a result disables
+        its endpoint (which takes the record's answer first)."""
+        if any(result.disables_endpoint for result in batch):
+            async with self._db.as_service() as conn:
+                return await queue.record(conn, batch, worker_id=self._worker_id)
+        async with self._db.as_service_pipelined() as conn:
+            recording = await queue.send_record(conn, batch, worker_id=self._worker_id)
+        return await queue.read_recorded(recording)
 
     def _recorded(self, batch: list[AttemptResult], recorded: queue.Recorded) -> None:
         """`batch` is in the database (committed): forget it."""

@@ -17,6 +17,9 @@ from datetime import datetime
 from typing import Any, Final, Literal, NotRequired, TypedDict, Unpack
 from uuid import UUID
 
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow, tuple_row
+
 from shared.db import Connection, statement
 from shared.environment import Environment, get_environment_config
 
@@ -310,8 +313,29 @@ class ClaimedDelivery:
         return f"ClaimedDelivery(id={self.id}, url={self.url!r}, attempts={self.attempts})"
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ClaimedDelivery:
-        return cls(**{**row, "environment": Environment(row["environment"])})
+    def from_row(cls, row: TupleRow) -> ClaimedDelivery:
+        """From a row of the claim, its columns in the order of the fields (tuple rows: a claim
+        returns hundreds, and a dict per row cost more than the rest of its reading)."""
+        return cls(
+            row[0],
+            row[1],
+            row[2],
+            _ENVIRONMENTS[row[3]],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            row[9],
+            row[10],
+            row[11],
+        )
+
+
+_ENVIRONMENTS: Final = {environment.value: environment for environment in Environment}
+
+Cursor = AsyncCursor[TupleRow]
+"""A statement sent in pipeline mode (`Database.as_service_pipelined`), read after the block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,8 +387,20 @@ async def settle_lost(
 ) -> dict[UUID, str]:
     """Log the attempts of workers that stopped mid-attempt as "outcome unknown" and count them;
     returns the deliveries settled and their new status (`pending` or `exhausted`)."""
-    cur = await conn.execute(_SETTLE_LOST, {"held": list(held), "limit": limit, **budgets.params()})
-    return {row["id"]: row["status"] for row in await cur.fetchall()}
+    return await read_settled(await send_settle_lost(conn, held=held, budgets=budgets, limit=limit))
+
+
+async def send_settle_lost(
+    conn: Connection, *, held: Sequence[UUID], budgets: Budgets, limit: int = 500
+) -> Cursor:
+    """`settle_lost` sent; `read_settled` reads it."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(_SETTLE_LOST, {"held": list(held), "limit": limit, **budgets.params()})
+    return cur
+
+
+async def read_settled(cur: Cursor) -> dict[UUID, str]:
+    return {row[0]: row[1] for row in await cur.fetchall()}
 
 
 class ClaimOptions(TypedDict):
@@ -403,8 +439,19 @@ async def claim(conn: Connection, **options: Unpack[ClaimOptions]) -> list[Claim
     at most `per_endpoint` of them in flight), never one of `held`; of those, the `attempted` ones
     (finished, waiting to be recorded) do not count against the caps. Run it in a transaction with
     `CLAIM_SETTINGS`, and commit before sending what it returns."""
-    cur = await conn.execute(*claim_statement(**options))
-    return [ClaimedDelivery.from_row(row) for row in await cur.fetchall()]
+    return await read_claimed(await send_claim(conn, **options))
+
+
+async def send_claim(conn: Connection, **options: Unpack[ClaimOptions]) -> Cursor:
+    """`claim` sent; `read_claimed` reads it."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(*claim_statement(**options))
+    return cur
+
+
+async def read_claimed(cur: Cursor) -> list[ClaimedDelivery]:
+    from_row = ClaimedDelivery.from_row
+    return [from_row(row) for row in await cur.fetchall()]
 
 
 async def record(conn: Connection, results: Sequence[AttemptResult], *, worker_id: str) -> Recorded:
@@ -413,7 +460,29 @@ async def record(conn: Connection, results: Sequence[AttemptResult], *, worker_i
     endpoints that answered 410."""
     if not results:
         return Recorded(set(), set())
-    cur = await conn.execute(
+    done = await read_recorded(await _send_record(conn, results, worker_id=worker_id))
+    for result in results:
+        if result.disables_endpoint and result.delivery_id in done.applied:
+            reason = f"the receiver answered {result.status_code} Gone"
+            await disable_endpoint(conn, result.endpoint_id, reason=reason)
+    return done
+
+
+async def send_record(
+    conn: Connection, results: Sequence[AttemptResult], *, worker_id: str
+) -> Cursor:
+    """`record` sent, for results none of which disables its endpoint (that takes the record's
+    answer first: use `record`); `read_recorded` reads it."""
+    if any(result.disables_endpoint for result in results):
+        raise ValueError("a result that disables its endpoint is recorded by record()")
+    return await _send_record(conn, results, worker_id=worker_id)
+
+
+async def _send_record(
+    conn: Connection, results: Sequence[AttemptResult], *, worker_id: str
+) -> Cursor:
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
         _RECORD,
         {
             "worker_id": worker_id,
@@ -428,13 +497,12 @@ async def record(conn: Connection, results: Sequence[AttemptResult], *, worker_i
             "bodies": [r.response_body for r in results],
         },
     )
+    return cur
+
+
+async def read_recorded(cur: Cursor) -> Recorded:
     rows = await cur.fetchall()
-    done = Recorded({r["id"] for r in rows if r["applied"]}, {r["id"] for r in rows if r["logged"]})
-    for result in results:
-        if result.disables_endpoint and result.delivery_id in done.applied:
-            reason = f"the receiver answered {result.status_code} Gone"
-            await disable_endpoint(conn, result.endpoint_id, reason=reason)
-    return done
+    return Recorded({r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]})
 
 
 async def disable_endpoint(conn: Connection, endpoint_id: UUID, *, reason: str) -> None:

@@ -4,6 +4,7 @@ and database errors arrive as the project's own."""
 from __future__ import annotations
 
 import asyncio
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -54,6 +55,32 @@ async def test_service_settings_hold_for_their_transaction_only(db: Database) ->
         after = await (await conn.execute(query)).fetchone()
     assert during == {"who": "service_role", "work_mem": "7MB"}
     assert before == after and before is not None and before["work_mem"] != "7MB"
+
+
+async def test_a_pipelined_service_transaction_commits_as_a_whole_or_not_at_all(
+    db: Database, make_user: MakeUser
+) -> None:
+    # One round trip: BEGIN with the role and settings, the block's statements and COMMIT go out
+    # together; the cursors are read after the block. A statement that fails takes the others
+    # with it, and its error is raised as the project's own.
+    alice = await make_user("alice@example.com")
+    query = "select current_user as who, current_setting('work_mem') as work_mem"
+    insert = "insert into public.projects (name, owner_id) values (%s, %s) returning name"
+    async with db.as_service_pipelined({"work_mem": "7MB"}) as conn:
+        who = await conn.execute(query)
+        made = await conn.execute(insert, ("kept", alice.id))
+    assert await who.fetchone() == {"who": "service_role", "work_mem": "7MB"}
+    assert await made.fetchone() == {"name": "kept"}
+
+    with pytest.raises(NotFound):  # 23503: no such owner
+        async with db.as_service_pipelined() as conn:
+            await conn.execute(insert, ("undone", alice.id))
+            await conn.execute(insert, ("orphan", uuid4()))
+    async with db.pool.connection() as conn:
+        names = await (await conn.execute("select name from public.projects")).fetchall()
+        after = await (await conn.execute(query)).fetchone()
+    assert [row["name"] for row in names] == ["kept"]
+    assert after is not None and (after["who"], after["work_mem"]) != ("service_role", "7MB")
 
 
 async def test_a_user_cannot_create_a_key_in_someone_elses_project(
