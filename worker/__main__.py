@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -59,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     if not platform.database_url:
         parser.error("DATABASE_URL is not set")
+    # The garbage collector: what start-up built (modules, settings, pools) lives as long as the
+    # process, so it is frozen out of every collection; and a collection waits for 10,000 new
+    # objects, not 700. A delivery's objects are freed by reference counting; the collector only
+    # finds cycles (a delivery leaves almost none behind), and it ran every few deliveries: 5
+    # to 7% of the worker's CPU.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     # uvloop: the dispatcher spends most of its time in socket I/O, where it is markedly faster.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if args.check:

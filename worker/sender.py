@@ -162,9 +162,13 @@ def check_literal_target(url: str) -> None:
         raise _refuse(host, reason)
 
 
+# One encoder for every body: `json.dumps` with options builds a new one per call.
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def webhook_body(delivery: ClaimedDelivery) -> str:
     """The JSON the receiver gets: the same text on every attempt, so retries are identical."""
-    return json.dumps(
+    return _BODY_ENCODER.encode(
         {
             "id": str(delivery.event_id),
             "type": delivery.event_type,
@@ -172,9 +176,7 @@ def webhook_body(delivery: ClaimedDelivery) -> str:
             "project_id": str(delivery.project_id),
             "environment": delivery.environment.value,
             "data": delivery.payload,
-        },
-        separators=(",", ":"),
-        sort_keys=True,
+        }
     )
 
 
