@@ -1,11 +1,13 @@
 """Worker benchmarks, ratios measured side by side in one run (`python -m bench.worker`).
 
 1. Deliveries per second of one `python -m worker` process to a fast local receiver (claims,
-   signing, attempt rows and status updates included) against a plain aiohttp loop posting the same
-   payloads to the same receiver at the same concurrency. The backlog is spread over as many
+   signing, attempt rows and status updates included; logging at INFO, the prod level, to a file)
+   against a plain aiohttp loop posting the same payloads, signed per Standard Webhooks as they
+   are sent, to the same receiver at the same concurrency. The backlog is spread over as many
    endpoints as the concurrency (each endpoint may have only WORKER_ENDPOINT_CONCURRENCY requests
    in flight, so one endpoint alone cannot use all the senders, by design); a single-endpoint
-   backlog (2,000 per round, a fifth) is measured beside it against the same plain loop.
+   backlog (2,000 per round, a fifth) is measured beside it against the same plain loop, and
+   against the plain loop capped at the same requests in flight (for scale).
    Targets: >= 0.5 of the plain loop over 50 endpoints, >= 0.45 for one endpoint. The worker runs on
    uvloop, so the reference that counts does too; the same loop on asyncio's own event loop is
    reported beside it.
@@ -26,17 +28,19 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 import aiohttp
 import psycopg
 import uvloop
+from standardwebhooks import Webhook
 
 from ops import database
 from shared.db import Database
@@ -103,17 +107,29 @@ def sample_bodies(count: int) -> list[bytes]:
     ]
 
 
-async def plain_loop(url: str, bodies: list[bytes], concurrency: int) -> float:
-    """Posts per second of a bare aiohttp client: the reference."""
-    pending = iter(bodies)
+async def plain_loop(
+    url: str, bodies: list[bytes], concurrency: int, *, signed: bool = True
+) -> float:
+    """Posts per second of a bare aiohttp client: the reference. What a user would write to send
+    the same webhooks: each body signed per Standard Webhooks as it is sent (the library's
+    `Webhook.sign`, with the time of sending), the same headers on the wire as the worker's, no
+    database, no bookkeeping, no logging. Unsigned (`signed=False`: a content type only, the
+    reference until 2026-12-07) for comparison with earlier runs."""
+    pending = iter(enumerate(bodies))
+    signer = Webhook(SECRET)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def post_all() -> None:
-            for body in pending:
-                async with session.post(
-                    url, data=body, headers={"content-type": "application/json"}
-                ) as resp:
+            for n, body in pending:
+                headers = {"content-type": "application/json"}
+                if signed:
+                    webhook_id = str(UUID(int=n))
+                    now = datetime.now(UTC)
+                    headers["webhook-id"] = webhook_id
+                    headers["webhook-timestamp"] = str(int(now.timestamp()))
+                    headers["webhook-signature"] = signer.sign(webhook_id, now, body)
+                async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
                     assert resp.status == 204
 
@@ -155,18 +171,21 @@ def seed_endpoint(
     return project
 
 
-def worker_process(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+def worker_process(
+    url: str, concurrency: int, log: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m worker` as in production (INFO, the prod level), its log written to `log`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     env.update(
         DATABASE_URL=url,
         WORKER_ALLOW_PRIVATE_TARGETS="1",
         WORKER_CONCURRENCY=str(concurrency),
         WORKER_BATCH_SIZE=str(concurrency * 20),
-        WORKER_LOG_LEVEL="WARNING",
+        WORKER_LOG_LEVEL="INFO",
         WORKER_POLL_INTERVAL_SECONDS="1",
         WORKER_HEARTBEAT_INTERVAL_SECONDS="0.2",
     )
-    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env)
+    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env, stderr=log)
 
 
 def worker_round(url: str, project: UUID, count: int, endpoints: int = 1) -> float:
@@ -208,14 +227,21 @@ def wait_for_heartbeat(url: str) -> None:
 def bench_deliveries(count: int, rounds: int, concurrency: int) -> dict[str, float]:
     bodies = sample_bodies(count)
     endpoints = concurrency
+    per_endpoint = WorkerSettings().endpoint_concurrency
     with (
         bench_database("parity_bench_worker") as url,
         bench_database("parity_bench_worker_one") as one_url,
         fast_receiver() as receiver_url,
+        tempfile.TemporaryDirectory(prefix="parity-bench-worker-") as logs,
+        open(Path(logs) / "worker.log", "wb") as log,
+        open(Path(logs) / "worker-one.log", "wb") as one_log,
     ):
         project = seed_endpoint(url, receiver_url, endpoints)
         single = seed_endpoint(one_url, receiver_url)
-        workers = [worker_process(url, concurrency), worker_process(one_url, concurrency)]
+        workers = [
+            worker_process(url, concurrency, log),
+            worker_process(one_url, concurrency, one_log),
+        ]
         try:
             wait_for_heartbeat(url)
             wait_for_heartbeat(one_url)
@@ -224,6 +250,8 @@ def bench_deliveries(count: int, rounds: int, concurrency: int) -> dict[str, flo
             _on_uvloop(plain_loop(receiver_url, bodies[:500], concurrency))
             plain: list[float] = []
             plain_asyncio: list[float] = []
+            plain_capped: list[float] = []
+            plain_unsigned: list[float] = []
             worker_rates: list[float] = []
             single_rates: list[float] = []
             for _ in range(rounds):  # alternate, so all of them see the same noise
@@ -231,19 +259,30 @@ def bench_deliveries(count: int, rounds: int, concurrency: int) -> dict[str, flo
                 plain_asyncio.append(asyncio.run(plain_loop(receiver_url, bodies, concurrency)))
                 worker_rates.append(worker_round(url, project, count, endpoints))
                 single_rates.append(worker_round(one_url, single, count // 5))
+                # One endpoint's requests in flight are capped by design: the same loop, capped.
+                capped = bodies[: count // 5]
+                plain_capped.append(_on_uvloop(plain_loop(receiver_url, capped, per_endpoint)))
+                unsigned = plain_loop(receiver_url, bodies, concurrency, signed=False)
+                plain_unsigned.append(_on_uvloop(unsigned))
         finally:
             for worker in workers:
                 worker.terminate()
                 worker.wait(timeout=30)
     plain_rate = statistics.median(plain)
     worker_rate = statistics.median(worker_rates)
+    single_rate = statistics.median(single_rates)
+    capped_rate = statistics.median(plain_capped)
     return {
         "plain": plain_rate,
         "plain_asyncio": statistics.median(plain_asyncio),
         "worker": worker_rate,
         "ratio": worker_rate / plain_rate,
-        "single": statistics.median(single_rates),
-        "single_ratio": statistics.median(single_rates) / plain_rate,
+        "single": single_rate,
+        "single_ratio": single_rate / plain_rate,
+        "plain_capped": capped_rate,
+        "plain_unsigned": statistics.median(plain_unsigned),
+        "single_capped_ratio": single_rate / capped_rate,
+        "per_endpoint": per_endpoint,
         "endpoints": endpoints,
     }
 
@@ -420,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             f" (ratio {d['worker'] / d['plain_asyncio']:.2f}) (target: >= 0.50);"
             f" backlog over {d['endpoints']:.0f} endpoints. One endpoint alone (its requests in"
             f" flight capped by WORKER_ENDPOINT_CONCURRENCY): {d['single']:,.0f}/s"
-            f" (ratio {d['single_ratio']:.2f} to the uvloop plain loop; target >= 0.45)"
+            f" (ratio {d['single_ratio']:.2f} to the uvloop plain loop; target >= 0.45);"
+            f" the plain loop capped at the same {d['per_endpoint']:.0f} in flight"
+            f" {d['plain_capped']:,.0f}/s (ratio {d['single_capped_ratio']:.2f}). The earlier"
+            f" reference, unsigned (a content type only): {d['plain_unsigned']:,.0f}/s (ratios"
+            f" {d['worker'] / d['plain_unsigned']:.2f} and {d['single'] / d['plain_unsigned']:.2f})"
         )
     if args.only in (None, "claims"):
         sizes = [10_000, 100_000 if args.quick else 1_000_000]
