@@ -363,8 +363,22 @@ def _shown(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else json.dumps(value)
 
 
+def plan_line(change: dict[str, Any]) -> str:
+    """One change of a promotion's plan, e.g. `create endpoint orders: event_types ["a"]`."""
+    what = change.get("action", "").replace("_", " ")
+    if change.get("endpoint"):
+        what += f" {change['endpoint']}"
+    values = ", ".join(f"{k} {_shown(v)}" for k, v in sorted(change.get("set", {}).items()))
+    return f"{what}: {values}" if values else what
+
+
 def change_lines(entry: audit.AuditEntry) -> list[str]:
-    """Each changed column as `column: before → after` (a side without a value left out)."""
+    """Each changed column as `column: before → after` (a side without a value left out); a
+    promotion as where it came from, then each change of its plan."""
+    if entry.action == "promotion.applied":
+        source = entry.changes.get("from", {})
+        heading = f"from {source.get('environment')} ({source.get('project_name')})"
+        return [heading] + [plan_line(change) for change in entry.changes.get("plan", [])]
     lines = []
     for column, change in sorted(entry.changes.items()):
         before, after = (_shown(change.get(side)) for side in ("before", "after"))
