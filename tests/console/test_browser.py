@@ -305,6 +305,9 @@ def test_an_app_endpoint_added_in_dev_promoted_to_staging_then_prod(page: Page) 
     expect(page.locator('#parity-report tr[data-promotable="yes"]')).to_have_count(0)
     expect(page.locator("#no-promotable-drift")).to_be_visible()
     shot(page, "13-app-promoted")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: environments stack
+    shot(page, "13b-app-promoted-narrow")
+    page.set_viewport_size({"width": 1280, "height": 720})
     page.reload()
     assert prod_secret not in page.content()
 
