@@ -175,7 +175,7 @@ def main() -> int:
     written = sum(2 * keys * clients * (rounds + 1) for clients in loads)
     assert audited.entries == written + len(audited.users), (audited.entries, written)
     assert reference.entries == len(reference.users)
-    print(f"goal: both ratios >= {GOAL}: {'met' if met else 'NOT met'}")
+    print(f"goal: every ratio >= {GOAL}: {'met' if met else 'NOT met'}")
     print(f"load: {os.getloadavg()[0]:.1f} (1 min)")
     return 1 if args.check and not met else 0
 

@@ -6,12 +6,12 @@ set statement_timeout = '15min';
 -- correlation id), written with less work per entry. Functions and a view only: no table is
 -- locked, the triggers themselves are unchanged.
 --
--- Where the time went (`python -m bench audit`, backend CPU per key issued or revoked, measured
--- beside the same without the triggers): about 40% more per key. Most of it was the helpers
--- written in SQL with `set search_path`: such a function is never inlined, and a trigger runs it
--- through a fresh cache each transaction, so every call parsed and planned its body again
--- (`audit_changes` about 110 µs a call, each `audit_*_columns` about 55 µs, the correlation id
--- about 20 µs). Then `audit_write`'s many separate steps (the project read, the settings, the
+-- Where the time went (backend CPU per key issued or revoked, measured beside the same without
+-- the triggers; bench/README.md): about 40% more per key issued, 75% more per key revoked. Most
+-- of it was the helpers written in SQL with `set search_path`: such a function is never inlined,
+-- and a trigger runs it through a fresh cache each transaction, so every call parsed and planned
+-- its body again (`audit_changes` about 110 µs a call, each `audit_*_columns` about 55 µs, the
+-- correlation id about 20 µs). Then `audit_write`'s many separate steps (the project read, the settings, the
 -- correlation id's set_config, the insert). The entry's indexes cost a few µs each.
 --
 -- Now:
