@@ -36,10 +36,30 @@ from console.context import (
 from console.errors import status_of
 from console.flash import FLASH_COOKIE, FLASH_TTL_SECONDS, Flash
 from console.signin import TooManySignIns, sign_in
-from shared import apikeys, audit, deliveries, projects, suspensions, usage, users, webhooks
+from shared import (
+    apikeys,
+    apps,
+    audit,
+    deliveries,
+    parity,
+    projects,
+    suspensions,
+    usage,
+    users,
+    webhooks,
+)
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
-from shared.errors import InvalidInput, NotFound, ParityError, PermissionDenied
+from shared.errors import (
+    ConfirmationRequired,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ParityError,
+    PermissionDenied,
+    StaleFingerprint,
+)
+from shared.parity import PROMOTION_ORDER
 from shared.projects import Project
 from shared.webhook_urls import display_form
 
@@ -363,8 +383,22 @@ def _shown(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else json.dumps(value)
 
 
+def plan_line(change: dict[str, Any]) -> str:
+    """One change of a promotion's plan, e.g. `create endpoint orders: event_types ["a"]`."""
+    what = change.get("action", "").replace("_", " ")
+    if change.get("endpoint"):
+        what += f" {change['endpoint']}"
+    values = ", ".join(f"{k} {_shown(v)}" for k, v in sorted(change.get("set", {}).items()))
+    return f"{what}: {values}" if values else what
+
+
 def change_lines(entry: audit.AuditEntry) -> list[str]:
-    """Each changed column as `column: before → after` (a side without a value left out)."""
+    """Each changed column as `column: before → after` (a side without a value left out); a
+    promotion as where it came from, then each change of its plan."""
+    if entry.action == "promotion.applied":
+        source = entry.changes.get("from", {})
+        heading = f"from {source.get('environment')} ({source.get('project_name')})"
+        return [heading] + [plan_line(change) for change in entry.changes.get("plan", [])]
     lines = []
     for column, change in sorted(entry.changes.items()):
         before, after = (_shown(change.get(side)) for side in ("before", "after"))
@@ -394,6 +428,7 @@ async def project_context(
         activity = await audit.list_entries(
             conn, project_id, before=activity_before, limit=state.settings.activity_page_size
         )
+        app = await apps.app_of_project(conn, project_id)
     config = get_environment_config(project.environment)
     return {
         "session": session,
@@ -411,6 +446,7 @@ async def project_context(
         "chart": UsageChart(used),
         "active_keys": sum(1 for k in keys if k.status == "active"),
         "activity": activity,
+        "app": app,
         "activity_before": activity_before,
         "actor_words": lambda entry: actor_words(entry, session),
         "change_lines": change_lines,
@@ -496,13 +532,35 @@ async def act(
     """Run `action(conn, project)` as the user in one transaction, then redirect to the project
     page (so a reload never repeats it) with what it has to say, or the reason it was refused and
     the database's hint, in a one-time flash."""
-    target = project_path(project_id)
+
+    async def on_project(conn: Connection) -> Done:
+        return await action(conn, await projects.get_project(conn, project_id))
+
+    return await run_action(
+        request, state, session, project_path(project_id), on_project, anchor=anchor
+    )
+
+
+async def run_action(
+    request: Request,
+    state: Console,
+    session: Session,
+    target: str,
+    action: Callable[[Connection], Awaitable[Done]],
+    *,
+    anchor: str = "",
+    kept: dict[str, str] | None = None,
+) -> Response:
+    """Run `action(conn)` as the user in one transaction, then redirect to `target` (at `anchor`,
+    which may start with a query string) with what it has to say, or the reason it was refused
+    and the database's hint, in a one-time flash (with `kept`, fields to fill in again, never
+    secrets). Not found stays an error page."""
+    section = anchor.partition("#")[2]
     try:
         async with state.db.as_user(
             session.user_id, session.claims, session.request_headers
         ) as conn:
-            project = await projects.get_project(conn, project_id)
-            result = await action(conn, project)
+            result = await action(conn)
     except ParityError as exc:
         if status_of(exc) in (401, 404):
             raise
@@ -511,7 +569,8 @@ async def act(
             user_id=str(session.user_id),
             error=exc.message,
             hint=exc.hint,
-            section=anchor.lstrip("#"),
+            section=section,
+            form=kept or {},
         )
         return redirect_with(request, refused, anchor=anchor)
     if isinstance(result, Response):
@@ -519,7 +578,7 @@ async def act(
     if result is None:
         return see_other(target + anchor)
     # Said where the page opens (the anchor), not at its top out of sight.
-    return redirect_with(request, replace(result, section=anchor.lstrip("#")), anchor=anchor)
+    return redirect_with(request, replace(result, section=section), anchor=anchor)
 
 
 def flash_for(session: Session, project: Project, **fields: Any) -> Flash:
@@ -659,6 +718,7 @@ async def create_endpoint(
             conn,
             project.id,
             form.get("url", "").strip(),
+            name=form.get("name", "").strip() or None,
             description=form.get("description", ""),
             event_types=event_types,
         )
@@ -667,7 +727,11 @@ async def create_endpoint(
             session,
             project,
             issued_for="endpoint",
-            secret_label=display_form(created.endpoint.url),
+            secret_label=(
+                f"{created.endpoint.name} ({display_form(created.endpoint.url)})"
+                if created.endpoint.name
+                else display_form(created.endpoint.url)
+            ),
             secret=created.secret,
         )
 
@@ -736,3 +800,278 @@ async def redeliver(
         return flash_for(session, project, notice="Redelivery scheduled.")
 
     return await act(request, state, session, project_id, again, anchor="#deliveries")
+
+
+# Apps --------------------------------------------------------------------------------------------
+
+PAIRS: Final = (
+    (Environment.DEV, Environment.STAGING),
+    (Environment.STAGING, Environment.PROD),
+    (Environment.DEV, Environment.PROD),
+)
+"""The pairs an app page compares and promotes, forward, the default first."""
+
+FromEnv = Annotated[Environment | None, Query(alias="from")]
+ToEnv = Annotated[Environment | None, Query(alias="to")]
+
+
+def app_path(app_id: UUID) -> str:
+    return f"/apps/{app_id}"
+
+
+def pair_query(source: Environment, target: Environment) -> str:
+    return f"?from={source.value}&to={target.value}"
+
+
+def shown_value(value: Any) -> str:
+    """A value of the parity report or a plan as typed: text in quotes, absent as a dash."""
+    if value is None:
+        return "\u2014"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_shown(v)}" for k, v in value.items())
+    return _shown(value)
+
+
+@router.get("/apps")
+async def list_apps(request: Request, state: ConsoleDep, session: PageSession) -> Response:
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
+        found = await apps.list_apps(conn)
+        owned = await projects.list_projects(conn)
+    return render(
+        request,
+        "apps.html",
+        {
+            "session": session,
+            "apps": found,
+            "projects": {p.id: p for p in owned},
+            "order": PROMOTION_ORDER,
+            "flash": await take_flash(request, session),
+        },
+    )
+
+
+@router.post("/apps")
+async def create_app(
+    request: Request, state: ConsoleDep, session: PageSession, form: Form
+) -> Response:
+    async def create(conn: Connection) -> Response:
+        app = await apps.create_app(
+            conn, form.get("name", ""), create_projects=form.get("create_projects") == "yes"
+        )
+        return see_other(app_path(app.id))
+
+    return await run_action(request, state, session, "/apps", create, anchor="#create")
+
+
+def default_pair(app: apps.App) -> tuple[Environment, Environment] | None:
+    """The first pair of PAIRS with both environments linked."""
+    for source, target in PAIRS:
+        if app.environments[source] and app.environments[target]:
+            return source, target
+    return None
+
+
+@router.get("/apps/{app_id}")
+async def show_app(
+    app_id: UUID,
+    request: Request,
+    state: ConsoleDep,
+    session: PageSession,
+    source: FromEnv = None,
+    target: ToEnv = None,
+) -> Response:
+    """The app page: its environments side by side, the parity report of one pair (`from`,
+    `to`; the first linked pair by default) and the ways to promote forward."""
+    report: list[parity.Difference] | None = None
+    refused: ParityError | None = None
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
+        app = await apps.get_app(conn, app_id)
+        linked = await apps.linked_projects(conn, app)
+        candidates = await apps.unlinked_projects(conn)
+        pair = (source, target) if source and target else default_pair(app)
+        if pair is not None:
+            try:
+                report = await parity.report(conn, app_id, *pair)
+            except (InvalidInput, Conflict) as exc:  # raised before any query: nothing to undo
+                refused = exc
+    return render(
+        request,
+        "app.html",
+        {
+            "session": session,
+            "app": app,
+            "linked": linked,
+            "candidates": candidates,
+            "order": PROMOTION_ORDER,
+            "pairs": PAIRS,
+            "pair": pair,
+            "report": report,
+            "refused": refused,
+            "shown_value": shown_value,
+            "flash": await take_flash(request, session),
+        },
+        status=200 if refused is None else status_of(refused),
+    )
+
+
+@router.post("/apps/{app_id}/environments/{environment}")
+async def link_environment(
+    app_id: UUID,
+    environment: Environment,
+    request: Request,
+    state: ConsoleDep,
+    session: PageSession,
+    form: Form,
+) -> Response:
+    async def link(conn: Connection) -> Flash:
+        try:
+            project_id = UUID(form.get("project_id", ""))
+        except ValueError:
+            raise InvalidInput("choose a project to link") from None
+        await apps.link(conn, app_id, environment, project_id)
+        project = await projects.get_project(conn, project_id)
+        return Flash(
+            target=app_path(app_id),
+            user_id=str(session.user_id),
+            notice=f"Linked {project.name} as the {environment.display_name} environment.",
+        )
+
+    return await run_action(request, state, session, app_path(app_id), link, anchor="#environments")
+
+
+@router.post("/apps/{app_id}/environments/{environment}/unlink")
+async def unlink_environment(
+    app_id: UUID,
+    environment: Environment,
+    request: Request,
+    state: ConsoleDep,
+    session: PageSession,
+    form: Form,
+) -> Response:
+    async def unlink(conn: Connection) -> Flash:
+        await apps.unlink(conn, app_id, environment)
+        return Flash(
+            target=app_path(app_id),
+            user_id=str(session.user_id),
+            notice=f"Unlinked the {environment.display_name} environment; its project stays.",
+        )
+
+    return await run_action(
+        request, state, session, app_path(app_id), unlink, anchor="#environments"
+    )
+
+
+def promote_path(app_id: UUID) -> str:
+    return f"/apps/{app_id}/promote"
+
+
+@router.get("/apps/{app_id}/promote")
+async def promotion_plan(
+    app_id: UUID,
+    request: Request,
+    state: ConsoleDep,
+    session: PageSession,
+    source: Annotated[Environment, Query(alias="from")],
+    target: Annotated[Environment, Query(alias="to")],
+    include_limits: Annotated[str, Query()] = "",
+) -> Response:
+    """The plan of a promotion (a dry run: nothing changes), and the form that applies it."""
+    limits = include_limits == "yes"
+    async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
+        app = await apps.get_app(conn, app_id)
+        promotion = await parity.promote(
+            conn, app_id, source, target, dry_run=True, include_limits=limits
+        )
+    return render(
+        request,
+        "promote.html",
+        {
+            "session": session,
+            "app": app,
+            "promotion": promotion,
+            "source": source,
+            "target": target,
+            "include_limits": limits,
+            "pair_query": pair_query(source, target),
+            "shown_value": shown_value,
+            "flash": await take_flash(request, session),
+        },
+    )
+
+
+URL_FIELD: Final = "url."
+"""A created endpoint's target URL is the form field `url.<endpoint name>`."""
+
+
+@router.post("/apps/{app_id}/promote")
+async def apply_promotion(
+    app_id: UUID, request: Request, state: ConsoleDep, session: PageSession, form: Form
+) -> Response:
+    """Apply the plan the page showed (its fingerprint): into prod with the target's typed name.
+    The new endpoints' signing secrets are shown once, on the app page, from a one-time flash."""
+    try:
+        source, target = Environment(form.get("from", "")), Environment(form.get("to", ""))
+    except ValueError:
+        raise InvalidInput("choose environments to promote from and to") from None
+    limits = form.get("include_limits") == "yes"
+    urls = {
+        key.removeprefix(URL_FIELD): value.strip()
+        for key, value in form.items()
+        if key.startswith(URL_FIELD) and value.strip()
+    }
+    query = pair_query(source, target) + ("&include_limits=yes" if limits else "")
+
+    async def apply(conn: Connection) -> Done:
+        try:
+            promotion = await parity.promote(
+                conn,
+                app_id,
+                source,
+                target,
+                dry_run=False,
+                expected_fingerprint=form.get("fingerprint") or None,
+                include_limits=limits,
+                urls=urls,
+                carry_urls=form.get("carry_urls") == "yes",
+                confirm_name=form.get("confirm_name"),
+            )
+        # The API's hints name request fields; here, say what to do on the page.
+        except ConfirmationRequired as exc:
+            raise ConfirmationRequired(
+                exc.message, hint="Type it in the box below, exactly as shown."
+            ) from None
+        except StaleFingerprint as exc:
+            raise StaleFingerprint(
+                exc.message, hint="The plan above is made afresh: review it, then apply again."
+            ) from None
+        count = len(promotion.changes)
+        done = Flash(
+            target=app_path(app_id),
+            user_id=str(session.user_id),
+            notice=f"Promoted {count} change{'s' if count != 1 else ''} from"
+            f" {source.display_name} to {target.display_name}.",
+            issued_for="promotion" if promotion.secrets else None,
+            secrets=promotion.secrets,
+            section="promote",
+        )
+        if not state.flash.fits(done):
+            # Refused before commit: secrets that cannot be shown must not exist.
+            raise InvalidInput(
+                f"this promotion creates {len(promotion.secrets)} endpoints, too many to show"
+                " their signing secrets on one page",
+                hint="Promote through the API (POST /api/v1/apps/{id}/promotions), which"
+                " returns every secret.",
+            )
+        return redirect_with(request, done, anchor=pair_query(source, target) + "#promote")
+
+    # Refused (a stale plan, a missing name or URL): back to the plan, which is made afresh.
+    kept = {URL_FIELD + name: url[:500] for name, url in urls.items()}
+    return await run_action(
+        request, state, session, promote_path(app_id), apply, anchor=query + "#apply", kept=kept
+    )
+
+
+@router.get("/apps/{app_id}/{action:path}")
+async def app_action_address(app_id: UUID) -> Response:
+    """An app action's address opened directly: show the app instead of an error."""
+    return see_other(app_path(app_id))

@@ -32,9 +32,11 @@ FLASH_TTL_SECONDS: Final = 120
 """Long enough for a redirect on a slow connection; a reload after that shows nothing."""
 
 MAX_TEXT: Final = 400
+MAX_SEALED: Final = 3800
+"""Browsers keep cookies of about 4 KB, name and attributes included."""
 _SHORTENED: Final = ("notice", "error", "hint", "secret_label")
 
-IssuedFor = Literal["key", "endpoint"]
+IssuedFor = Literal["key", "endpoint", "promotion"]
 
 # Records a flash as shown, unless some replica did already (then no row comes back). Rows of
 # flashes whose cookies can no longer be opened are purged on the way (an index on expires_at).
@@ -63,6 +65,9 @@ class Flash:
     secret_label: str | None = None
     """What the secret belongs to: the key's name, the endpoint's URL."""
     secret: str | None = field(default=None, repr=False)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Several secrets at once, by what each belongs to: a promotion's new endpoints' signing
+    secrets, by endpoint name."""
     section: str = ""
     """The id of the part of the page it concerns, where it is shown (empty: the top)."""
     form: dict[str, str] = field(default_factory=dict)
@@ -90,6 +95,11 @@ class FlashBox:
             if text is not None and len(text) > MAX_TEXT:
                 data[name] = text[: MAX_TEXT - 1] + "…"
         return self._fernet.encrypt(json.dumps(data).encode()).decode("ascii")
+
+    def fits(self, flash: Flash) -> bool:
+        """Whether the sealed flash fits in a cookie the browser keeps (it would drop a larger
+        one silently, and a secret with it)."""
+        return len(self.seal(flash)) <= MAX_SEALED
 
     def read(self, value: str | None, *, path: str, user_id: UUID) -> Flash | None:
         """The flash in `value` if it is genuine, fresh, for this page and this user (shown before

@@ -101,6 +101,17 @@ async def list_apps(conn: Connection) -> list[App]:
     return [App.from_row(row) for row in await cur.fetchall()]
 
 
+async def app_of_project(conn: Connection, project_id: UUID) -> App | None:
+    """The app `project_id` is an environment of, if any (and visible to the caller)."""
+    cur = await conn.execute(
+        _SELECT + " where a.id = (select l.app_id from public.app_environments as l"
+        " where l.project_id = %s)",
+        (project_id,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else App.from_row(row)
+
+
 async def find_apps(conn: Connection, id_or_name: str) -> list[App]:
     """Apps whose id or name is `id_or_name` (for operators, who name apps on a command line)."""
     try:
@@ -152,4 +163,15 @@ async def linked_projects(conn: Connection, app: App) -> dict[Environment, Proje
     for env, project_id in app.environments.items():
         if project_id is not None:
             found[env] = await projects.get_project(conn, project_id)
+    return found
+
+
+async def unlinked_projects(conn: Connection) -> dict[Environment, list[Project]]:
+    """The caller's projects in no app, by environment, by name: what may be linked."""
+    cur = await conn.execute("select project_id from public.app_environments")
+    linked = {row["project_id"] for row in await cur.fetchall()}
+    found: dict[Environment, list[Project]] = {env: [] for env in Environment}
+    for project in sorted(await projects.list_projects(conn), key=lambda p: p.name):
+        if project.id not in linked:
+            found[project.environment].append(project)
     return found

@@ -1,8 +1,10 @@
-"""The audit trail: entries written by Postgres triggers (the audit_log migration), read here.
+"""The audit trail: entries written by Postgres (the audit_log migration), read here.
 
 Owners read their projects' entries under row level security (`as_user`); operators read every
-entry (`as_service`, `parity audit`); the worker's retention job deletes old ones. Nothing here
-writes an entry: the triggers do, whoever changes the rows.
+entry (`as_service`, `parity audit`); the worker's retention job deletes old ones. Triggers write
+the entries of changed rows, whoever changes them; the one entry not about a row,
+`promotion.applied`, is written by `private.record_promotion`, which only the platform may call
+(:func:`record_promotion`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, Final, Literal
 from uuid import UUID
 
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from shared.db import Connection
+from shared.db import Connection, as_service_within
 from shared.environment import Environment
 from shared.errors import InvalidInput, NotFound
 
@@ -40,8 +43,9 @@ ACTIONS: Final[dict[str, str]] = {
     "webhook_endpoint.enabled": "enabled a webhook endpoint",
     "webhook_endpoint.deleted": "deleted a webhook endpoint",
     "webhook.redelivered": "redelivered a webhook",
+    "promotion.applied": "promoted changes into the project",
 }
-"""Every action the triggers write, in words (the console's Activity card)."""
+"""Every action written, in words (the console's Activity card)."""
 
 MAX_PAGE: Final = 100
 """Most entries one request reads: each page is one index range scan of at most this many rows."""
@@ -202,3 +206,25 @@ async def purge(conn: Connection, *, retention: timedelta, batch_size: int = 10_
     row = await cur.fetchone()
     assert row is not None
     return int(row["purged"])
+
+
+async def record_promotion(
+    conn: Connection,
+    app_id: UUID,
+    source_project_id: UUID,
+    target_project_id: UUID,
+    plan: list[dict[str, Any]],
+    fingerprint: str,
+) -> int:
+    """Write the `promotion.applied` entry (the plan applied, never a secret) in the caller's
+    transaction, the promotion's: it commits or rolls back with the changes. In a user's
+    transaction the call alone runs as the platform (only service_role may execute
+    `private.record_promotion`); the entry still names the user, from the claims. Its id."""
+    async with as_service_within(conn):
+        cur = await conn.execute(
+            "select private.record_promotion(%s, %s, %s, %s, %s) as id",
+            (app_id, source_project_id, target_project_id, Jsonb(plan), fingerprint),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row["id"])

@@ -256,6 +256,28 @@ class Database:
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
+@asynccontextmanager
+async def as_service_within(conn: Connection) -> AsyncIterator[Connection]:
+    """Statements as `service_role` inside the caller's transaction (a user's, under RLS), then
+    the transaction's own role again: for the one step of a user's request that only the platform
+    may take (writing the `promotion.applied` audit entry). The user's claims and headers stay
+    set, so Postgres still knows who asked. In a service transaction, nothing changes."""
+    cur = await conn.execute("select current_setting('role') as role")
+    row = await cur.fetchone()
+    assert row is not None
+    role: str = row["role"]
+    if role == "service_role":
+        yield conn
+        return
+    await conn.execute("select set_config('role', 'service_role', true)")
+    try:
+        yield conn
+    finally:
+        # A failed statement leaves the transaction to be rolled back, which undoes the switch.
+        if conn.info.transaction_status is TransactionStatus.INTRANS:
+            await conn.execute("select set_config('role', %s, true)", (role,))
+
+
 def settings_statement(settings: Mapping[str, str]) -> bytes:
     """`select set_config(name, value, true), ...`: the transaction's role and settings in one
     statement. Names and values are quoted as literals."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 from uuid import UUID
 
-from shared import apps, webhooks
+from shared import apps, audit, webhooks
 from shared.db import Connection
 from shared.environment import Environment, EnvironmentConfig, get_environment_config
 from shared.errors import ConfirmationRequired, Conflict, InvalidInput, StaleFingerprint
@@ -392,8 +392,11 @@ async def promote(
     if expected_fingerprint != digest:
         raise StaleFingerprint(hint="Run the dry run again and review its plan.")
     secrets = await _apply(conn, a, b, changes)
-    # Audit: when public.audit_log exists, write promotion.applied here, with the plan; the
-    # individual writes above are recorded by its own triggers.
+    # One promotion.applied entry with the plan, in this transaction; the individual writes above
+    # left their own entries through the tables' triggers.
+    await audit.record_promotion(
+        conn, app_id, a.project_id, b.project_id, [c.as_json() for c in changes], digest
+    )
     return Promotion(a, b, changes, digest, applied=True, secrets=secrets)
 
 

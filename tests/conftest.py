@@ -35,6 +35,20 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: xdist hands tests out in collection order, so a test of 100 s started last
+    would be the run's tail. `@pytest.mark.slow(SECONDS)` says roughly how long a test takes; the
+    sort is stable, so the rest keep their order (and every xdist worker collects the same one)."""
+    items.sort(key=lambda item: -expected_seconds(item))
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0.0
+    return float(mark.args[0]) if mark.args else 10.0
+
+
 @pytest.fixture(scope="session")
 def admin_url() -> str:
     """A connection to the server's maintenance database, for creating test databases."""

@@ -6,6 +6,7 @@ strangers and a second prod project are refused, and nothing secret crosses envi
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from shared.environment import get_environment_config
 from shared.parity import POLICY_FIELDS
@@ -421,3 +423,93 @@ async def test_a_second_prod_project_is_refused_and_links_follow_environments(
     )
     assert relinked.status_code == 200
     assert relinked.json()["environments"]["prod"] == other.json()["id"]
+
+
+def promotion_entries(database_url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url, row_factory=dict_row) as admin:
+        return admin.execute(
+            "select * from public.audit_log where action = 'promotion.applied' order by id"
+        ).fetchall()
+
+
+async def test_every_applied_promotion_is_recorded_once_with_its_plan(seeded: Seeded) -> None:
+    app = seeded.app["id"]
+    body = {"from": "dev", "to": "staging", "include_limits": True, "carry_urls": True}
+    dry = await seeded.promote(**body)
+    assert dry.status_code == 200
+    assert promotion_entries(seeded.database_url) == []  # a dry run records nothing
+
+    applied = await seeded.promote(**body, dry_run=False, fingerprint=dry.json()["fingerprint"])
+    assert applied.status_code == 200, applied.text
+    [entry] = promotion_entries(seeded.database_url)
+    assert entry["actor_type"] == "user" and entry["actor_id"] == seeded.user.user.id
+    assert (entry["target_type"], str(entry["target_id"])) == ("app", app)
+    assert str(entry["project_id"]) == seeded.env["staging"]
+    assert entry["project_environment"] == "staging" and entry["project_name"] == "shop-staging"
+    changes = entry["changes"]
+    # Exactly the plan reviewed in the dry run, URLs as applied.
+    assert changes["plan"] == applied.json()["plan"] == dry.json()["plan"]
+    assert changes["fingerprint"] == dry.json()["fingerprint"]
+    assert changes["app"] == {"id": app, "name": "shop"}
+    assert changes["from"] == {
+        "environment": "dev",
+        "project_id": seeded.env["dev"],
+        "project_name": "shop-dev",
+    }
+    assert changes["to"]["project_id"] == seeded.env["staging"]
+    # Never a secret: the new endpoint's signing secret is nowhere in the entry.
+    [secret] = applied.json()["secrets"].values()
+    assert secret not in json.dumps(changes, default=str)
+    # The changes' own entries, from the triggers, share the promotion's transaction.
+    with psycopg.connect(seeded.database_url, row_factory=dict_row) as admin:
+        together = admin.execute(
+            "select action from public.audit_log where correlation_id = %s order by id",
+            (entry["correlation_id"],),
+        ).fetchall()
+    assert [row["action"] for row in together] == [
+        "project.limits_changed",
+        "webhook_endpoint.created",
+        "webhook_endpoint.updated",
+        "promotion.applied",
+    ]
+
+    # A stale fingerprint (the plan already applied) and a refused prod promotion add none.
+    stale = await seeded.promote(**body, dry_run=False, fingerprint=dry.json()["fingerprint"])
+    assert stale.status_code == 409
+    to_prod = await seeded.promote(**{"from": "staging", "to": "prod", "carry_urls": True})
+    unconfirmed = await seeded.promote(
+        **{"from": "staging", "to": "prod", "carry_urls": True, "dry_run": False},
+        fingerprint=to_prod.json()["fingerprint"],
+    )
+    assert unconfirmed.status_code == 422
+    assert len(promotion_entries(seeded.database_url)) == 1
+    confirmed = await seeded.promote(
+        **{"from": "staging", "to": "prod", "carry_urls": True, "dry_run": False},
+        fingerprint=to_prod.json()["fingerprint"],
+        confirm_name="shop-prod",
+    )
+    assert confirmed.status_code == 200, confirmed.text
+    entries = promotion_entries(seeded.database_url)
+    assert len(entries) == 2 and str(entries[1]["project_id"]) == seeded.env["prod"]
+    assert entries[1]["changes"]["plan"] == confirmed.json()["plan"]
+    # The owner reads them through the API, in each target's trail.
+    trail = await seeded.call(
+        "GET",
+        f"/api/v1/projects/{seeded.env['prod']}/audit",
+        params={"action": "promotion.applied"},
+    )
+    assert trail.status_code == 200, trail.text
+    assert [e["action"] for e in trail.json()["entries"]] == ["promotion.applied"]
+
+
+async def test_a_failed_apply_records_no_promotion(seeded: Seeded) -> None:
+    await seeded.endpoint("dev", "shipping", "https://dev.example.com/shipping")
+    dry = await seeded.promote(**{"from": "dev", "to": "staging", "carry_urls": True})
+    with psycopg.connect(seeded.database_url, autocommit=True) as admin:
+        admin.execute(INJECT)
+    failed = await seeded.promote(
+        **{"from": "dev", "to": "staging", "carry_urls": True, "dry_run": False},
+        fingerprint=dry.json()["fingerprint"],
+    )
+    assert failed.status_code == 500, failed.text
+    assert promotion_entries(seeded.database_url) == []

@@ -205,3 +205,113 @@ def test_webhooks_delivery_log_and_typed_confirmation_of_a_prod_delete(page: Pag
     page.locator("#delete-project button[type=submit]").click()
     expect(page).to_have_url(re.compile(r"/projects$"))
     expect(page.locator("#project-list")).to_have_count(0)
+
+
+def test_an_app_endpoint_added_in_dev_promoted_to_staging_then_prod(page: Page) -> None:
+    page.goto("/signin")
+    page.fill("input[name=email]", "hedy@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.click("#signin-form button[type=submit]")
+    page.click("#nav-apps")
+    expect(page.locator("h1")).to_have_text("Apps")
+    page.fill("#create-app input[name=name]", "shop")
+    expect(page.locator("#create-app input[name=create_projects]")).to_be_checked()
+    page.click("#create-app button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("shop")
+
+    # Three environments side by side, each with its badge and project.
+    columns = page.locator(".env-column")
+    expect(columns).to_have_count(3)
+    boxes = [column.bounding_box() for column in columns.all()]
+    assert all(box is not None for box in boxes)
+    assert len({round(box["y"]) for box in boxes if box}) == 1  # one row
+    for environment, (label, colour) in BADGES.items():
+        badge = page.locator(f"#env-{environment} .badge")
+        expect(badge).to_have_text(label)
+        assert badge_style(badge) == colour
+        expect(page.locator(f"#env-{environment} a.project-name")).to_have_text(
+            f"shop-{environment}"
+        )
+    app_url = page.url
+
+    # An endpoint in dev, named, reached from the app page.
+    page.click("#env-dev a.project-name")
+    expect(page.locator("#project-app a")).to_have_text("shop")
+    page.fill("#create-endpoint input[name=name]", "orders")
+    page.fill("#create-endpoint input[name=url]", "https://dev.example.com/orders")
+    page.fill("#create-endpoint input[name=event_types]", "order.created order.paid")
+    page.click("#create-endpoint button[type=submit]")
+    expect(page.locator("#new-endpoint")).to_contain_text("orders")
+    page.click("#project-app a")
+
+    # Drift against staging, highlighted; policy greyed.
+    expect(page).to_have_url(app_url)
+    drift = page.locator('#parity-report tr[data-field="endpoints.orders"]')
+    expect(drift).to_have_attribute("data-class", "drift")
+    expect(drift).to_have_attribute("data-promotable", "yes")
+    assert drift.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(255, 248, 197)"
+    policy = page.locator('#parity-report tr[data-class="policy"]').first
+    assert policy.locator("td").first.evaluate("el => getComputedStyle(el).color") == (
+        "rgb(89, 99, 110)"
+    )
+    shot(page, "10-app-drift")
+
+    # dev → staging: the plan first, then apply with staging's URL.
+    page.click("#promote-dev-staging")
+    plan = page.locator("#plan-list tbody tr")
+    expect(plan).to_have_count(1)
+    expect(plan.first).to_contain_text("create endpoint")
+    expect(plan.first).to_contain_text("orders")
+    expect(page.locator("input[name=confirm_name]")).to_have_count(0)
+    shot(page, "11-promotion-plan-staging")
+    page.fill("input[name='url.orders']", "https://staging.example.com/orders")
+    page.click("#apply-button")
+    expect(page.locator("#promote .notice")).to_contain_text(
+        "Promoted 1 change from Development to Staging."
+    )
+    staging_secret = page.locator('#new-secrets code[data-secret-for="orders"]').inner_text()
+    assert staging_secret.startswith("whsec_")
+    expect(page.locator('#parity-report tr[data-promotable="yes"]')).to_have_count(0)
+    expect(page.locator('#parity-report tr[data-field="endpoints.orders.url"]')).to_have_attribute(
+        "data-class", "environment-specific"
+    )
+    page.reload()
+    expect(page.locator("#new-secrets")).to_have_count(0)
+    assert staging_secret not in page.content()  # shown once
+
+    # staging → prod: the plan, the prod banner and the typed name.
+    page.select_option("#compare select[name=from]", "staging")
+    page.select_option("#compare select[name=to]", "prod")
+    page.click("#compare button[type=submit]")
+    expect(page.locator('#parity-report tr[data-field="endpoints.orders"]')).to_have_attribute(
+        "data-promotable", "yes"
+    )
+    page.click("#promote-staging-prod")
+    expect(page.locator("#prod-warning")).to_be_visible()
+    page.fill("input[name='url.orders']", "https://api.example.com/orders")
+    before = page.url
+    page.click("#apply-button")
+    expect(page).to_have_url(before)  # the browser asks for the name first
+    page.fill("input[name=confirm_name]", "shop")
+    page.click("#apply-button")
+    expect(page.locator("#apply #page-error")).to_contain_text("shop-prod")
+    expect(page.locator("input[name='url.orders']")).to_have_value("https://api.example.com/orders")
+    page.fill("input[name=confirm_name]", "shop-prod")
+    shot(page, "12-promotion-plan-prod")
+    page.click("#apply-button")
+    expect(page.locator("#promote .notice")).to_contain_text("to Production.")
+    prod_secret = page.locator('#new-secrets code[data-secret-for="orders"]').inner_text()
+    assert prod_secret.startswith("whsec_") and prod_secret != staging_secret
+    expect(page.locator('#parity-report tr[data-promotable="yes"]')).to_have_count(0)
+    expect(page.locator("#no-promotable-drift")).to_be_visible()
+    shot(page, "13-app-promoted")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: environments stack
+    shot(page, "13b-app-promoted-narrow")
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.reload()
+    assert prod_secret not in page.content()
+
+    # Dev against prod: clean of promotable drift as well, policy and URLs remain.
+    page.goto(f"{app_url}?from=dev&to=prod")
+    expect(page.locator('#parity-report tr[data-promotable="yes"]')).to_have_count(0)
+    expect(page.locator('#parity-report tr[data-class="policy"]').first).to_be_visible()

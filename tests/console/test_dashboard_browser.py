@@ -21,7 +21,7 @@ from tests.console.conftest import json_server
 from tests.console.test_browser import ARTIFACTS, BADGES, chromium_browser
 from tests.worker.conftest import start_worker_process
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow(10)]
 
 DESKTOP = ViewportSize(width=1280, height=900)
 PHONE = ViewportSize(width=390, height=844)

@@ -31,6 +31,8 @@ DEFAULT_EXAMPLES = "300"
 DEFAULT_STEPS = "60"
 SIGN_OUT = "/api/v1/auth/signout"
 
+pytestmark = pytest.mark.slow(35)
+
 
 @dataclass(frozen=True)
 class Seeded:

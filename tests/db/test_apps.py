@@ -173,6 +173,64 @@ def test_limits_are_promoted_one_way_inside_one_app_and_never_by_a_stranger(
     assert row == (1234, 99, "staging")  # the limits, never the environment
 
 
+RECORD = "select private.record_promotion(%s, %s, %s, %s::jsonb, %s)"
+FORGED_PLAN = '[{"action": "create_endpoint", "endpoint": "forged", "set": {}}]'
+
+
+def test_only_the_platform_records_a_promotion_and_it_names_the_acting_owner(
+    suite: Suite,
+) -> None:
+    """promotion.applied cannot be forged through PostgREST: anon, the owner and a stranger
+    may neither call the recording function nor write the trail. The platform (service_role, as
+    the console after applying a promotion as the user) may, for a forward step of the app, and
+    the entry names the user of the claims, who must own the app."""
+    app, dev, staging = suite.ids["app"], suite.ids["project"], suite.ids["project_staging"]
+    for actor in ("anon", "owner", "stranger"):
+        assert refused(suite, actor, RECORD, (app, dev, staging, FORGED_PLAN, "f")) == "42501"
+        insert = (
+            "insert into public.audit_log (project_id, project_name, project_environment,"
+            " owner_id, actor_type, action, target_type, target_id, correlation_id)"
+            " values (%s, 'p', 'staging', %s, 'user', 'promotion.applied', 'app', %s,"
+            " gen_random_uuid())"
+        )
+        assert refused(suite, actor, insert, (staging, suite.ids["owner"], app)) == "42501"
+
+    def as_platform(actor: Actor | None, args: tuple[Any, ...]) -> Any:
+        with suite.api.transaction(force_rollback=True):
+            claims = "" if actor is None else suite.claims(actor)[1]
+            suite.api.execute(
+                "select set_config('role', 'service_role', true),"
+                " set_config('request.jwt.claims', %s, true)",
+                (claims,),
+            )
+            entry_id = suite.api.execute(RECORD, args).fetchone()
+            return suite.api.execute(
+                "select actor_type::text, actor_id, project_id, target_type, target_id,"
+                " changes -> 'plan', changes -> 'from' ->> 'environment' from public.audit_log"
+                " where id = %s",
+                entry_id,
+            ).fetchone()
+
+    plan = '[{"action": "update_endpoint", "endpoint": "orders", "set": {"enabled": true}}]'
+    assert as_platform("owner", (app, dev, staging, plan, "f")) == (
+        "user",
+        suite.ids["owner"],
+        staging,
+        "app",
+        app,
+        [{"action": "update_endpoint", "endpoint": "orders", "set": {"enabled": True}}],
+        "dev",
+    )
+    assert as_platform(None, (app, dev, staging, plan, "f"))[:2] == ("platform", None)
+    with pytest.raises(psycopg.Error) as caught:
+        as_platform("stranger", (app, dev, staging, plan, "f"))
+    assert caught.value.sqlstate == "42501"
+    for source, target in ((staging, dev), (suite.ids["project_spare"], staging)):
+        with pytest.raises(psycopg.Error) as caught:
+            as_platform("owner", (app, source, target, plan, "f"))
+        assert caught.value.sqlstate == "PE009"
+
+
 def test_the_database_and_python_agree_on_the_forward_order(database_url: str) -> None:
     assert PROMOTION_ORDER[0] is Environment.DEV and PROMOTION_ORDER[-1] is Environment.PROD
     with psycopg.connect(database_url) as conn:

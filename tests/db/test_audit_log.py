@@ -354,6 +354,55 @@ async def test_a_rotation_shares_one_correlation_id(db: Database, make_user: Mak
     assert len({ids[0], ids[2], ids[4]}) == 3
 
 
+async def test_issued_and_revoked_keys_record_the_audited_columns(
+    db: Database, database_url: str, make_user: MakeUser
+) -> None:
+    """The key trigger builds these two entries' changes column by column: they are what the
+    column list (private.audit_api_key_columns) gives, with and without an expiry."""
+    owner = await make_user("owner@example.com")
+    async with db.as_user(owner.id, headers=HEADERS) as conn:
+        project = await projects.create_project(conn, name="shop", environment="prod")
+        keys = [
+            (await apikeys.create_key(conn, project.id, KeyKind.SECRET, name="ci")).key.id,
+            (
+                await apikeys.create_key(
+                    conn,
+                    project.id,
+                    KeyKind.PUBLISHABLE,
+                    expires_at=datetime.now(UTC) + timedelta(days=1),
+                )
+            ).key.id,
+        ]
+    compare = (
+        "select e.changes, private.audit_changes({before}, private.audit_api_key_columns(k){cut})"
+        " from public.audit_log e join public.api_keys k on k.id = e.target_id{join}"
+        " where e.action = %s and k.id = any(%s)"
+    )
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        issued = admin.execute(
+            compare.format(before="null", cut="", join=""), ("api_key.issued", keys)
+        ).fetchall()
+        assert len(issued) == 2 and all(mine == listed for mine, listed in issued)
+        assert {"expires_at", "name"} <= set(issued[0][0]) | set(issued[1][0])
+        admin.execute(
+            "create temp table keys_before as select * from public.api_keys where id = any(%s)",
+            (keys,),
+        )
+        async with db.as_user(owner.id, headers=HEADERS) as conn:
+            for key_id in keys:
+                await apikeys.revoke_key(conn, key_id)
+        before = (
+            "private.audit_api_key_columns("
+            "jsonb_populate_record(null::public.api_keys, to_jsonb(b))) - 'name'"
+        )
+        join = " join keys_before b on b.id = k.id"
+        revoked = admin.execute(
+            compare.format(before=before, cut=" - 'name'", join=join), ("api_key.revoked", keys)
+        ).fetchall()
+    assert len(revoked) == 2 and all(mine == listed for mine, listed in revoked)
+    assert all(set(mine) == {"status", "revoked_at"} for mine, _ in revoked)
+
+
 async def test_the_console_passes_the_request_context(db: Database, make_user: MakeUser) -> None:
     owner = await make_user("owner@example.com")
     async with db.as_user(owner.id, headers={"x-forwarded-for": "198.51.100.2"}) as conn:

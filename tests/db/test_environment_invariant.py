@@ -67,6 +67,7 @@ def pick(items: dict[Any, Any], index: int) -> Any | None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(steps=st.lists(OPERATIONS, min_size=1, max_size=25))
+@pytest.mark.slow(12)
 def test_no_active_key_ever_mismatches_its_project(
     invariant_db: str, steps: list[tuple[Any, ...]]
 ) -> None:

@@ -259,6 +259,7 @@ production, few enough to load in seconds. The ALTERs rewrite nothing, so what a
 is the lock, whatever the size (`python -m bench migrations` pushes 1,000,000)."""
 
 
+@pytest.mark.slow(16)
 def test_a_push_behind_a_long_read_waits_without_stalling_lookups(
     empty_database: str, tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from tests.gateway.conftest import (
 
 FLOOD = 5_000
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(20)
 
 
 async def statuses(url: str, tokens: list[str], concurrency: int = 50) -> dict[int, int]:

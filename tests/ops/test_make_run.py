@@ -40,6 +40,7 @@ def wait_for(url: str, deadline: float) -> httpx.Response:
             time.sleep(0.2)
 
 
+@pytest.mark.slow(11)
 def test_make_run_serves_every_environment(database_url: str, tmp_path: Path) -> None:
     names = (
         "console",

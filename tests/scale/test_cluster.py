@@ -64,7 +64,7 @@ async def ask(http: aiohttp.ClientSession, url: str, token: str) -> Answer:
         return Answer(started, loop.time() - started, response.status, code)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 async def test_gateways_and_workers_scaled_out_on_a_redis_cluster(
     cluster: Cluster,
     database_url: str,

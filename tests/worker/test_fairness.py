@@ -78,7 +78,7 @@ async def _arrived(receiver: Receiver, count: int) -> bool:
     return len(receiver.arrived) >= count
 
 
-@pytest.mark.slow
+@pytest.mark.slow(100)
 async def test_at_the_default_settings_slow_receivers_get_each_webhook_once(
     db: Database,
     database_url: str,
@@ -176,6 +176,7 @@ async def test_an_attempt_in_flight_when_its_endpoint_is_disabled_is_still_logge
     assert receiver.count(str(delivery_id)) == 1
 
 
+@pytest.mark.slow(20)
 async def test_a_payload_that_kills_every_worker_ends_exhausted(
     db: Database,
     database_url: str,

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from shared.db import Database
 from tests.worker.conftest import (
     MakeProject,
@@ -70,6 +72,7 @@ async def test_lift_reactivates_a_suspended_project_and_records_who(
     assert (code, output.strip()) == (1, f"error: project {project} is not suspended")
 
 
+@pytest.mark.slow(15)
 async def test_bad_input_gets_a_clear_error(database_url: str) -> None:
     code, output = await parity(database_url, "suspensions", "lift", "nope", "--by", "alice")
     assert code == 2 and "invalid UUID value: 'nope'" in output

@@ -9,6 +9,7 @@ from collections import Counter
 from uuid import UUID
 
 import psycopg
+import pytest
 
 from shared.db import Database
 from shared.settings import PlatformSettings
@@ -44,6 +45,7 @@ async def attempt_numbers(db: Database) -> dict[str, list[int]]:
         return {row["id"]: row["numbers"] for row in await cur.fetchall()}
 
 
+@pytest.mark.slow(12)
 async def test_kill_9_mid_run_loses_nothing_and_keeps_attempt_counts(
     db: Database,
     database_url: str,
