@@ -228,24 +228,13 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         # Lost attempts are rare (a worker died): looking for them once a second is plenty.
         settle = loop.time() >= self._next_settle
-        # Finished attempts waiting for the recorder go in the claim's transaction: one
-        # transaction (and its round trips, its commit) fewer for each claim. The whole
-        # transaction is one round trip (pipeline mode): while a claim is on its way the senders
-        # may run dry, and under load each round trip waits for a turn of the busy event loop.
-        # A result that disables its endpoint needs the record's answer first: such results are
-        # left to the recorder.
-        results, self._results = self._results, []
-        if any(result.disables_endpoint for result in results):
-            results, self._results = [], results + self._results
-            self._results_ready.set()
-        recorded: queue.Recorded | None = None
+        # The whole transaction is one round trip (pipeline mode): while a claim is on its way
+        # the senders may run dry, and under load each round trip waits for a turn of the busy
+        # event loop. Finished attempts are not recorded here but by the recorder, beside it on
+        # another connection: a claim carrying a record took as long as both (measured: 8%
+        # fewer deliveries a second, 8% more worker CPU a delivery, than the two side by side).
         try:
             async with self._db.as_service_pipelined(queue.CLAIM_SETTINGS) as conn:
-                recording = (
-                    await queue.send_record(conn, results, worker_id=self._worker_id)
-                    if results
-                    else None
-                )
                 settling = (
                     await queue.send_settle_lost(conn, held=held, budgets=self._budgets)
                     if settle
@@ -264,20 +253,15 @@ class Dispatcher:
                     budgets=self._budgets,
                 )
             # Committed: the results are in.
-            if recording is not None:
-                recorded = await queue.read_recorded(recording)
             settled = await queue.read_settled(settling) if settling is not None else {}
             claimed = await queue.read_claimed(claiming)
         except BaseException as exc:
-            self._results = results + self._results  # still to record
             if not isinstance(exc, ParityError) or not is_transient(exc):
                 raise
             self._database_failed("claiming deliveries", exc)
             await asyncio.sleep(self._retry_pause)
             return 0
         self._outage.ok()
-        if recorded is not None:
-            self._recorded(results, recorded)
         if settle:
             self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
         if settled:
