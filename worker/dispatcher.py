@@ -134,6 +134,7 @@ class Dispatcher:
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
         self._attempted_ids: set[UUID] = set()  # of those, attempts made, waiting to be recorded
+        self._disabling: set[UUID] = set()  # of those, attempts whose answer disables the endpoint
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
@@ -186,6 +187,12 @@ class Dispatcher:
                 if helper.done():  # a sender or the recorder died: surface its exception
                     helper.result()
                     raise RuntimeError(f"{helper.get_name()} stopped")
+            if self._disabling:
+                # A receiver's 410 disables its endpoint once it is recorded: a claim before then
+                # would still hand out the endpoint's next delivery, so it waits for the record.
+                self._room.clear()
+                await wait_any(self._room, stop)
+                continue
             # Room is for deliveries still to start: attempts that finished and wait for the
             # recorder are held (and renewed) too, but need no sender, so they do not hold back
             # the next claim (twice the batch is the most held at once). Claiming when a quarter
@@ -407,6 +414,8 @@ class Dispatcher:
             )
         self._results.append(result)
         self._attempted_ids.add(delivery.id)
+        if result.disables_endpoint:
+            self._disabling.add(delivery.id)
         self._results_ready.set()
         self._attempted.set()
 
@@ -459,6 +468,7 @@ class Dispatcher:
     def _recorded(self, batch: list[AttemptResult], recorded: queue.Recorded) -> None:
         """`batch` is in the database (committed): forget it."""
         self._attempted_ids.difference_update(r.delivery_id for r in batch)
+        self._disabling.difference_update(r.delivery_id for r in batch)
         self._forget(r.delivery_id for r in batch)
         for result in batch:
             if result.disables_endpoint and result.delivery_id in recorded.applied:

@@ -9,6 +9,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import psycopg
 import pytest
 from aiohttp import web
 
@@ -189,6 +190,34 @@ async def test_410_disables_the_endpoint_and_cancels_its_pending_deliveries(
     assert sum(r["attempts"] for r in rows) == len(receiver.received) == 1
     # New events no longer fan out to the disabled endpoint.
     assert len(await emit_events(db, project)) == 5
+
+
+async def test_no_delivery_is_claimed_for_an_endpoint_whose_410_is_being_recorded(
+    db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
+) -> None:
+    # The record that disables the endpoint is held back by a lock on the endpoint's row (as any
+    # slow commit would hold it); a claim meanwhile must not hand out the endpoint's next delivery.
+    receiver.respond = always(410)
+    project, endpoint = await webhook_project(db, make_project, receiver, "prod")
+    ids = await emit_events(db, project, 3)
+    async with await psycopg.AsyncConnection.connect(database_url) as blocker:
+        await blocker.execute(
+            "select 1 from public.webhook_endpoints where id = %s for update", (endpoint,)
+        )
+        draining = asyncio.create_task(drain(database_url, concurrency=1, batch_size=1))
+        await eventually(lambda: _arrived(receiver, 1), within=10, what="the first attempt")
+        await asyncio.sleep(0.5)
+        await blocker.rollback()
+    await draining
+
+    assert len(receiver.received) == 1
+    rows = [await delivery_row(db, i) for i in ids]
+    assert {r["status"] for r in rows} == {"cancelled"}
+    assert sum(r["attempts"] for r in rows) == 1
+
+
+async def _arrived(receiver: Receiver, count: int) -> bool:
+    return len(receiver.received) >= count
 
 
 async def test_retry_after_is_honoured_within_bounds(
