@@ -381,7 +381,9 @@ async def audit_page(
     """A page of the project's trail as the user; 404 for a project that is neither theirs nor
     was theirs."""
     async with state.db.as_user(session.user_id, session.claims, session.request_headers) as conn:
-        page = await audit.list_entries(conn, project_id, action=action, before=before, limit=limit)
+        page = await audit.list_entries(
+            conn, project_id, action=action, before=before, limit=limit, reader=session.user_id
+        )
         if not page.entries and before is None:
             await projects.get_project(conn, project_id)  # NotFound unless it is theirs
     return page

@@ -426,7 +426,11 @@ async def project_context(
         history = await suspensions.list_suspensions(conn, project_id)
         used = await usage.current_usage(conn, project, state.platform)
         activity = await audit.list_entries(
-            conn, project_id, before=activity_before, limit=state.settings.activity_page_size
+            conn,
+            project_id,
+            before=activity_before,
+            limit=state.settings.activity_page_size,
+            reader=session.user_id,
         )
         app = await apps.app_of_project(conn, project_id)
     config = get_environment_config(project.environment)

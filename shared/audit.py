@@ -134,14 +134,24 @@ async def list_entries(
     action: str | None = None,
     before: int | None = None,
     limit: int = 50,
+    reader: UUID | None = None,
 ) -> Page:
     """A page of the project's entries, newest first: those older than entry `before` (a cursor
     from the previous page), optionally of one action. Under RLS, another owner's project has
-    none."""
+    none.
+
+    `reader`: the signed-in user reading as themselves. RLS already limits them to their own
+    entries, but through `auth.uid()`, whose value the planner does not know: it guessed an
+    owner's entries few, took them all and sorted them (13.6 ms for the first page of a project
+    with 60,000 entries, growing with the trail). Named here too, the planner walks the project's
+    index in order instead (0.1 ms)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
     conditions = [sql.SQL("project_id = %(project)s")]
     params: dict[str, Any] = {"project": project_id, "limit": limit + 1}
+    if reader is not None:
+        conditions.append(sql.SQL("owner_id = %(reader)s"))
+        params["reader"] = reader
     if check_action(action) is not None:
         conditions.append(sql.SQL("action = %(action)s"))
         params["action"] = action

@@ -501,3 +501,48 @@ async def test_no_token_hash_or_secret_enters_the_trail(
         "last_four",
         "status",
     } | ({"expires_at"} if any(k.key.expires_at for k in issued) else set())
+
+
+async def test_a_page_read_as_its_reader_walks_the_projects_index_in_order(
+    db: Database, database_url: str, make_user: MakeUser
+) -> None:
+    # Many entries of one project, among other owners' entries: the first page must not take
+    # every entry of the project and sort them (the plan a query relying on RLS alone got).
+    owner = await make_user("owner@example.com")
+    stranger = await make_user("stranger@example.com")
+    async with db.as_user(owner.id) as conn:
+        project = await projects.create_project(conn, name="busy", environment="prod")
+    entries = """
+        insert into public.audit_log (at, project_id, project_name, project_environment,
+            owner_id, actor_type, action, target_type, target_id, correlation_id)
+        select now() - make_interval(secs => g), {project}, 'busy', 'prod', {owner}, 'user',
+            'api_key.issued', 'api_key', gen_random_uuid(), gen_random_uuid()
+        from generate_series(1, {count}) as g"""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(
+            entries.format(project="%(project)s", owner="%(owner)s", count=20_000),
+            {"project": project.id, "owner": owner.id},
+        )
+        await admin.execute(
+            entries.format(
+                project="md5((g % 500)::text)::uuid",
+                owner="md5((g % 500)::text)::uuid",
+                count=40_000,
+            )
+        )
+        await admin.execute("analyze public.audit_log")
+
+    async with db.as_user(owner.id) as conn:
+        plain = await audit.list_entries(conn, project.id, limit=20)
+        named = await audit.list_entries(conn, project.id, limit=20, reader=owner.id)
+        cur = await conn.execute(
+            "explain select * from public.audit_log where project_id = %s and owner_id = %s"
+            " order by at desc, id desc limit 21",
+            (project.id, owner.id),
+        )
+        plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
+    assert [e.id for e in named.entries] == [e.id for e in plain.entries]
+    assert len(named.entries) == 20
+    assert "audit_log_project_at_idx" in plan and "Sort" not in plan, plan
+    async with db.as_user(stranger.id) as conn:
+        assert (await audit.list_entries(conn, project.id, reader=stranger.id)).entries == []
