@@ -206,6 +206,10 @@ class Dispatcher:
                 continue
             self._wake.clear()  # before claiming: a notification arriving meanwhile is kept
             got = await self._claim(room)
+            if got is None:
+                # The database failed (the pause is taken): try again, rather than wait for new
+                # work as after an empty claim (a notification that came meanwhile is spent).
+                continue
             if got == room:
                 continue
             if drain and got == 0 and not self._held:
@@ -230,7 +234,9 @@ class Dispatcher:
                 if pause > 0:
                     await wait_any(*new_work, stop, seconds=pause)
 
-    async def _claim(self, limit: int) -> int:
+    async def _claim(self, limit: int) -> int | None:
+        """Claim up to `limit` deliveries and hand them to the senders: how many, or None if the
+        database failed."""
         held = list(self._held)
         loop = asyncio.get_running_loop()
         # Lost attempts are rare (a worker died): looking for them once a second is plenty.
@@ -267,7 +273,7 @@ class Dispatcher:
                 raise
             self._database_failed("claiming deliveries", exc)
             await asyncio.sleep(self._retry_pause)
-            return 0
+            return None
         self._outage.ok()
         if settle:
             self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
