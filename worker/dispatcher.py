@@ -131,6 +131,9 @@ class Dispatcher:
         self._budgets = queue.Budgets.from_config()
         self._held_limit = settings.held_limit
         self._next_settle = 0.0
+        # A claim failed: it may have committed with its answer lost, leasing deliveries to this
+        # worker that no sender has. The next claim releases them first.
+        self._claim_lost = False
         self.stats = DispatchStats()
         # After a database error: short, since the pool replaces dead connections by itself.
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
@@ -259,6 +262,11 @@ class Dispatcher:
         # fewer deliveries a second, 8% more worker CPU a delivery, than the two side by side).
         try:
             async with self._db.as_service_pipelined(queue.CLAIM_SETTINGS) as conn:
+                releasing = (
+                    await queue.send_release_unheld(conn, held=held, worker_id=self._worker_id)
+                    if self._claim_lost
+                    else None
+                )
                 settling = (
                     await queue.send_settle_lost(conn, held=held, budgets=self._budgets)
                     if settle
@@ -277,15 +285,24 @@ class Dispatcher:
                     budgets=self._budgets,
                 )
             # Committed: the results are in.
+            released = await queue.read_released(releasing) if releasing is not None else set()
             settled = await queue.read_settled(settling) if settling is not None else {}
             claimed = await queue.read_claimed(claiming)
         except BaseException as exc:
             if not isinstance(exc, ParityError) or not is_transient(exc):
                 raise
+            self._claim_lost = True
             self._database_failed("claiming deliveries", exc)
             await asyncio.sleep(self._retry_pause)
             return None
         self._outage.ok()
+        if self._claim_lost:
+            self._claim_lost = False
+            if released:
+                logger.info(
+                    "{} deliveries leased by a claim whose answer was lost are claimable again",
+                    len(released),
+                )
         if settle:
             self._next_settle = loop.time() + min(1.0, self._settings.lease_seconds / 4)
         if settled:

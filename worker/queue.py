@@ -269,6 +269,26 @@ update public.webhook_deliveries as d
 """
 )
 
+# Leases the worker holds in the database but not in memory: those of a claim that committed
+# while its answer was lost (the connection dropped between the commit and the reply). Nothing was
+# sent, so they go back as a release does, at once, rather than wait out their lease and then be
+# settled as an attempt with its outcome unknown. Only the worker's own name is touched, never
+# what it still holds.
+_RELEASE_UNHELD = statement("""
+with unheld as (
+    select d.id from public.webhook_deliveries as d
+     where d.leased_by = %(worker_id)s and d.status = 'pending'
+       and d.id <> all(%(held)b::uuid[])
+     order by d.id
+       for no key update of d
+)
+update public.webhook_deliveries as d
+   set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
+  from unheld as u
+ where d.id = u.id
+returning d.id
+""")
+
 _RENEW = statement(
     _HELD_LOCKED
     + """
@@ -515,6 +535,23 @@ async def release(conn: Connection, ids: Sequence[UUID], *, worker_id: str) -> N
     """Give leases back unattempted, so another worker can claim them at once."""
     if ids:
         await conn.execute(_RELEASE, {"ids": list(ids), "worker_id": worker_id})
+
+
+async def release_unheld(conn: Connection, *, held: Sequence[UUID], worker_id: str) -> set[UUID]:
+    """Release what `worker_id` leases and does not hold (`held`): after a claim whose answer was
+    lost, the deliveries it leased, which no sender has; returns them."""
+    return await read_released(await send_release_unheld(conn, held=held, worker_id=worker_id))
+
+
+async def send_release_unheld(conn: Connection, *, held: Sequence[UUID], worker_id: str) -> Cursor:
+    """`release_unheld` sent; `read_released` reads it."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(_RELEASE_UNHELD, {"held": list(held), "worker_id": worker_id})
+    return cur
+
+
+async def read_released(cur: Cursor) -> set[UUID]:
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def renew(

@@ -16,7 +16,9 @@ class WorkerSettings(BaseSettings):
     )
 
     name: str = Field(
-        default="", description="Name in leases and heartbeats; empty: hostname and pid."
+        default="",
+        description="Name in leases and heartbeats, unique among running workers; empty: hostname"
+        " and pid.",
     )
     log_level: str = Field(
         default="INFO",

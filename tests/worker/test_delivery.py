@@ -463,7 +463,7 @@ async def test_a_batch_records_each_attempt_once_whatever_it_repeats_or_arrives_
     )
 
 
-@pytest.mark.parametrize("statement", ["record", "renew", "release"])
+@pytest.mark.parametrize("statement", ["record", "renew", "release", "release_unheld"])
 async def test_held_deliveries_are_locked_in_id_order_so_records_and_renewals_never_deadlock(
     db: Database, make_project: MakeProject, receiver: Receiver, statement: str
 ) -> None:
@@ -504,6 +504,8 @@ async def test_held_deliveries_are_locked_in_id_order_so_records_and_renewals_ne
                 await queue.record(conn, results, worker_id="w")
             elif statement == "renew":
                 await queue.renew(conn, backwards, worker_id="w", lease_seconds=60)
+            elif statement == "release_unheld":
+                await queue.release_unheld(conn, held=[], worker_id="w")
             else:
                 await queue.release(conn, backwards, worker_id="w")
 

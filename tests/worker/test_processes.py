@@ -21,6 +21,7 @@ from tests.worker.conftest import (
     emit_events,
     eventually,
     refuse_inserts,
+    running_worker,
     serving,
     spawn,
     start_worker_process,
@@ -123,11 +124,14 @@ async def test_three_workers_deliver_each_of_2000_webhooks_exactly_once(
     assert receiver.bad_signatures == []
 
 
-async def _terminate_backends(database_url: str) -> int:
+async def _terminate_backends(database_url: str, *, waiting_for_a_lock: bool = False) -> int:
+    """Terminate the other sessions of the test's database (only those waiting for a lock):
+    how many."""
+    condition = " and wait_event_type = 'Lock'" if waiting_for_a_lock else ""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity"
-            " where datname = current_database() and pid <> pg_backend_pid()"
+            " where datname = current_database() and pid <> pg_backend_pid()" + condition
         )
         row = await cur.fetchone()
     assert row is not None
@@ -160,6 +164,46 @@ async def test_terminated_connections_are_replaced_and_the_work_finishes(
         assert await stop_process(worker) == 0
     assert receiver.bad_signatures == []
     assert len({r.webhook_id for r in receiver.received}) == total + 10
+
+
+async def test_a_claim_whose_answer_was_lost_is_released_by_the_next_claim(
+    db: Database, database_url: str, make_project: MakeProject
+) -> None:
+    # A claim can commit and its answer be lost (the connection drops between the commit and the
+    # reply): the deliveries it leased are the worker's in the database, yet no sender has them.
+    # Left alone they would wait out their lease (60 s by default) and then be settled as an
+    # attempt with its outcome unknown. The state such a claim leaves is made here by hand; the
+    # worker's first claim then fails (its connection is terminated while it waits for a lock),
+    # and the next claim releases them and sends them at once, their attempt counted once.
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        ids = await emit_events(db, project, 20)
+        async with db.as_service() as conn:
+            await conn.execute(
+                "update public.webhook_deliveries"
+                " set leased_by = 'lost-answer', lease_expires_at = now() + interval '60 seconds',"
+                " attempts = attempts + 1 where id = any(%s)",
+                (ids,),
+            )
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute("lock table public.webhook_deliveries in exclusive mode")
+            async with running_worker(
+                database_url, name="lost-answer", poll_interval_seconds=60, lease_seconds=60
+            ):
+                await eventually(
+                    lambda: _terminated_one(database_url), what="a claim waiting for the lock"
+                )
+                await holder.rollback()
+                await eventually(lambda: all_succeeded(db, 20), within=20, what="20 deliveries")
+
+    assert sorted(r.webhook_id for r in receiver.received) == sorted(map(str, ids))
+    for delivery_id in ids:
+        attempts = await attempt_rows(db, delivery_id)
+        assert [(a["attempt_number"], a["error"]) for a in attempts] == [(1, None)]
+
+
+async def _terminated_one(database_url: str) -> bool:
+    return await _terminate_backends(database_url, waiting_for_a_lock=True) > 0
 
 
 async def test_sigterm_lets_in_flight_deliveries_finish(
