@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -90,19 +91,22 @@ def free_port() -> int:
         return port
 
 
-def start_console(url: str, port: int) -> subprocess.Popen[bytes]:
+def start_console(url: str, port: int, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python -m console` on `url` and `port`, its log written to `log` (else discarded), once
+    it answers."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
         "CONSOLE_JWT_SECRET": SECRET,
         "PARITY_LOG_FORMAT": "text",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "console", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "console", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
