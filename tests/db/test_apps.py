@@ -271,7 +271,8 @@ def test_endpoints_older_than_names_are_named_lazily_and_uniquely(
     admin_url: str, tmp_path: Path
 ) -> None:
     """The migration writes no endpoint row; the report's first read names them (through the
-    trigger), each project on its own."""
+    trigger), each project on its own. That naming is the platform's, so it leaves nothing in the
+    audit trail; a name somebody chooses for such an endpoint is recorded."""
     name = database.unique_name("parity_names")
     url = database.create_database(admin_url, name)
     try:
@@ -290,24 +291,50 @@ def test_endpoints_older_than_names_are_named_lazily_and_uniquely(
                 " unnest(array['https://a.example.com/hook', 'https://a.example.com/hook',"
                 "              'https://a.example.com/hook?x=1', 'https://b.example.com']) as u"
             )
+            # A third project's endpoint, which its owner names before anything else does.
+            chosen = conn.execute(
+                "with p as (insert into public.projects (owner_id, name)"
+                " select id, 'p3' from auth.users returning id)"
+                " insert into public.webhook_endpoints (project_id, url, secret)"
+                " select p.id, 'https://c.example.com/hook', 'whsec_YQ==' from p"
+                " returning id, project_id"
+            ).fetchone()
+            assert chosen is not None
         database.push_migrations(url)
         with psycopg.connect(url, autocommit=True) as conn:
             unnamed = conn.execute(
                 "select count(*) from public.webhook_endpoints where name is null"
             ).fetchone()
-            assert unnamed == (8,)  # the migration rewrote nothing
+            assert unnamed == (9,)  # the migration rewrote nothing
+            conn.execute(
+                "update public.webhook_endpoints set name = 'orders' where id = %s", chosen[:1]
+            )
+            last_entry = conn.execute("select max(id) from public.audit_log").fetchone()
+            assert last_entry is not None
             conn.execute(
                 "update public.webhook_endpoints set name = null where name is null"
             )  # what shared.webhooks.name_endpoints sends
+            audited = conn.execute(
+                "select count(*) from public.audit_log where id > %s", last_entry
+            ).fetchone()
+            named = conn.execute(
+                "select changes from public.audit_log"
+                " where target_id = %s and action = 'webhook_endpoint.updated'",
+                chosen[:1],
+            ).fetchall()
             rows = conn.execute(
                 "select project_id, array_agg(name order by name) from public.webhook_endpoints"
-                " group by project_id"
+                " where project_id <> %s group by project_id",
+                chosen[1:],
             ).fetchall()
             invalid = conn.execute(
                 "select count(*) from public.webhook_endpoints"
                 " where name !~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'"
             ).fetchone()
         assert invalid == (0,)
+        assert audited == (0,)
+        assert named == [({"name": {"before": None, "after": "orders"}},)]
+        assert len(rows) == 2
         for _, names in rows:
             assert len(set(names)) == 4, names
             assert names.count("a-example-com-hook") == 1
