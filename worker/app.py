@@ -156,6 +156,8 @@ class Worker:
                 self.settings.request_timeout_seconds,
             )
         async with self._database() as db, Sender(self.settings) as sender:
+            if not await self._take_name(db, stop):
+                return EXIT_CONFIG
             wake = asyncio.Event()
             dispatcher = Dispatcher(
                 db,
@@ -167,10 +169,76 @@ class Worker:
                 outage=self.outage,
             )
             if drain:
-                await sweep(db, self.settings)
-                await dispatcher.run(stop, drain=True)
+                try:
+                    await sweep(db, self.settings)
+                    await dispatcher.run(stop, drain=True)
+                finally:
+                    await self._forget_name(db)
                 return EXIT_OK
             return await self._supervise(db, dispatcher, wake, stop)
+
+    async def _take_name(self, db: Database, stop: asyncio.Event) -> bool:
+        """Make the worker's name its own before any claim; False if another live worker has it.
+
+        Names must be unique: after a claim whose answer was lost, a worker releases the leases
+        under its name that it does not know of, which would take a namesake's deliveries in
+        flight. A name whose holder beat within WORKER_HEARTBEAT_MAX_AGE_SECONDS is waited for
+        that long (a worker that died, restarted under the same name, finds its old row); one
+        still beating after that belongs to another worker, and this one does not start."""
+        loop = asyncio.get_running_loop()
+        deadline = (
+            loop.time()
+            + self.settings.heartbeat_max_age_seconds
+            + self.settings.heartbeat_interval_seconds
+        )
+        warned = False
+        while not stop.is_set():
+            try:
+                async with db.as_service() as conn:
+                    holder = await heartbeat.take_name(
+                        conn,
+                        worker_id=self.worker_id,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=self.started_at,
+                        max_age_seconds=self.settings.heartbeat_max_age_seconds,
+                    )
+            except DatabaseUnavailable as exc:
+                self.outage.failed("taking the worker's name", exc)
+            else:
+                self.outage.ok()
+                if holder is None:
+                    return True
+                if loop.time() >= deadline:
+                    logger.error(
+                        "WORKER_NAME {} is in use by a running worker (pid {} on {}, last beat"
+                        " at {}): every worker needs a name of its own; not starting",
+                        self.worker_id,
+                        holder.pid,
+                        holder.hostname,
+                        holder.beat_at,
+                    )
+                    return False
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "worker name {} was in use by pid {} on {} (last beat at {}): waiting up"
+                        " to {:g} s for it to go silent before starting",
+                        self.worker_id,
+                        holder.pid,
+                        holder.hostname,
+                        holder.beat_at,
+                        self.settings.heartbeat_max_age_seconds,
+                    )
+            await wait_any(stop, seconds=min(1.0, self.settings.heartbeat_interval_seconds))
+        return True
+
+    async def _forget_name(self, db: Database) -> None:
+        """Delete the heartbeat row, so the name is free at once (bounded: the database may be
+        away)."""
+        with contextlib.suppress(DatabaseUnavailable, TimeoutError):
+            async with asyncio.timeout(5.0), db.as_service() as conn:
+                await heartbeat.forget(conn, self.worker_id)
 
     async def _supervise(
         self, db: Database, dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event
@@ -208,9 +276,7 @@ class Worker:
         finally:
             stopping.cancel()
             await self._stop_tasks(tasks)
-            with contextlib.suppress(DatabaseUnavailable, TimeoutError):
-                async with asyncio.timeout(5.0), db.as_service() as conn:
-                    await heartbeat.forget(conn, self.worker_id)
+            await self._forget_name(db)
         logger.info("worker {} stopped", self.worker_id)
         return exit_code
 

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Awaitable
 from uuid import UUID
 
 import psycopg
@@ -204,6 +205,61 @@ async def test_a_claim_whose_answer_was_lost_is_released_by_the_next_claim(
 
 async def _terminated_one(database_url: str) -> bool:
     return await _terminate_backends(database_url, waiting_for_a_lock=True) > 0
+
+
+async def _heartbeat_pid(db: Database, worker_id: str) -> int | None:
+    async with db.as_service() as conn:
+        cur = await conn.execute(
+            "select pid from public.worker_heartbeats where worker_id = %s", (worker_id,)
+        )
+        row = await cur.fetchone()
+    return None if row is None else int(row["pid"])
+
+
+async def test_a_worker_name_in_use_by_a_live_worker_is_refused(
+    db: Database,
+    database_url: str,
+    make_project: MakeProject,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # A worker releases the leases under its name that it does not know of (after a claim whose
+    # answer was lost): a namesake's deliveries in flight would go out twice. So a second worker
+    # under a name another live worker beats with does not start; a worker that died leaves its
+    # name free once its heartbeat is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS.
+    name = {"name": "twin", "heartbeat_max_age_seconds": 1.0}
+    first = start_worker_process(database_url, **name)
+    processes.append(first)
+    await eventually(lambda: _is(_heartbeat_pid(db, "twin"), first.pid), what="first's beat")
+
+    second = start_worker_process(database_url, **name)
+    processes.append(second)
+    await eventually(lambda: _exited(second), within=15, what="the second worker's exit")
+    assert second.returncode == 2  # EXIT_CONFIG, after waiting 1 s for the name to go silent
+    assert await _heartbeat_pid(db, "twin") == first.pid
+
+    async with serving(Receiver()) as receiver:
+        project, _ = await webhook_project(db, make_project, receiver, "prod")
+        await emit_events(db, project, 20)
+        await eventually(lambda: all_succeeded(db, 20), what="20 deliveries by the first")
+
+        first.kill()  # dies without removing its heartbeat
+        first.wait()
+        third = start_worker_process(database_url, **name)
+        processes.append(third)
+        await eventually(lambda: _is(_heartbeat_pid(db, "twin"), third.pid), what="third's beat")
+        await emit_events(db, project, 5)
+        await eventually(lambda: all_succeeded(db, 25), what="5 more by the third")
+        assert await stop_process(third) == 0
+    assert await _heartbeat_pid(db, "twin") is None  # a clean stop frees the name at once
+    assert sorted(Counter(r.webhook_id for r in receiver.received).values()) == [1] * 25
+
+
+async def _is(value: Awaitable[int | None], expected: int) -> bool:
+    return await value == expected
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
 
 
 async def test_sigterm_lets_in_flight_deliveries_finish(
