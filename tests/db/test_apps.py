@@ -195,19 +195,22 @@ def test_only_the_platform_records_a_promotion_and_it_names_the_acting_owner(
         )
         assert refused(suite, actor, insert, (staging, suite.ids["owner"], app)) == "42501"
 
-    def as_platform(actor: Actor | None, args: tuple[Any, ...]) -> Any:
+    headers = '{"x-forwarded-for": "198.51.100.4, 10.0.0.1", "user-agent": "promoter/1"}'
+
+    def as_platform(actor: Actor | None, args: tuple[Any, ...], parity_actor: str = "") -> Any:
         with suite.api.transaction(force_rollback=True):
             claims = "" if actor is None else suite.claims(actor)[1]
             suite.api.execute(
                 "select set_config('role', 'service_role', true),"
-                " set_config('request.jwt.claims', %s, true)",
-                (claims,),
+                " set_config('request.jwt.claims', %s, true),"
+                " set_config('request.headers', %s, true), set_config('parity.actor', %s, true)",
+                (claims, headers, parity_actor),
             )
             entry_id = suite.api.execute(RECORD, args).fetchone()
             return suite.api.execute(
                 "select actor_type::text, actor_id, project_id, target_type, target_id,"
-                " changes -> 'plan', changes -> 'from' ->> 'environment' from public.audit_log"
-                " where id = %s",
+                " changes -> 'plan', changes -> 'from' ->> 'environment', client_address,"
+                " user_agent from public.audit_log where id = %s",
                 entry_id,
             ).fetchone()
 
@@ -220,8 +223,11 @@ def test_only_the_platform_records_a_promotion_and_it_names_the_acting_owner(
         app,
         [{"action": "update_endpoint", "endpoint": "orders", "set": {"enabled": True}}],
         "dev",
+        "198.51.100.4",
+        "promoter/1",
     )
     assert as_platform(None, (app, dev, staging, plan, "f"))[:2] == ("platform", None)
+    assert as_platform(None, (app, dev, staging, plan, "f"), "operator")[:2] == ("operator", None)
     with pytest.raises(psycopg.Error) as caught:
         as_platform("stranger", (app, dev, staging, plan, "f"))
     assert caught.value.sqlstate == "42501"

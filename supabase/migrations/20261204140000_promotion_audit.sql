@@ -14,6 +14,9 @@ set statement_timeout = '15min';
 -- the user's claims stay set, so the entry names the user who promoted, and only an owner of the
 -- app is accepted.
 --
+-- It comes after 20261204130000_audit_cheaper_triggers, whose private.audit_context gives the
+-- entry its request context and correlation id as the triggers' entries get them.
+--
 -- Only a function is created: no lock on a table in use.
 
 create function private.record_promotion(
@@ -32,11 +35,8 @@ declare
     app public.apps;
     source public.projects;
     target public.projects;
-    claims constant jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
-    acting_user constant uuid := (claims ->> 'sub')::uuid;
-    actor public.audit_actor_type;
-    headers jsonb;
-    address text;
+    acting_user constant uuid :=
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
     entry_id bigint;
 begin
     select a.* into app from public.apps as a where a.id = record_promotion.app_id;
@@ -74,46 +74,35 @@ begin
             errcode = 'invalid_parameter_value',
             message = 'the plan is a list of changes';
     end if;
-
-    if acting_user is not null then
-        -- For a signed-in user's request: the user is the actor, and must own the app.
-        if acting_user is distinct from app.owner_id then
-            raise exception using
-                errcode = 'insufficient_privilege',
-                message = format('app %s is not the acting user''s', app.id);
-        end if;
-        actor := 'user'::public.audit_actor_type;
-    else
-        actor := case current_setting('parity.actor', true)
-                     when 'worker' then 'worker'::public.audit_actor_type
-                     when 'operator' then 'operator'::public.audit_actor_type
-                     else 'platform'::public.audit_actor_type
-                 end;
+    -- For a signed-in user's request the user is the actor, and must own the app.
+    if acting_user is not null and acting_user <> app.owner_id then
+        raise exception using
+            errcode = 'insufficient_privilege',
+            message = format('app %s is not the acting user''s', app.id);
     end if;
 
-    -- The request context, as private.audit_write reads it.
-    headers := nullif(current_setting('request.headers', true), '')::jsonb;
-    address := btrim(split_part(coalesce(headers ->> 'x-forwarded-for', headers ->> 'x-real-ip'),
-                                ',', 1));
-
+    -- The request context and correlation id as every entry gets them (private.audit_context,
+    -- 20261204130000). Its actor follows the role, which is service_role here: a user's claims
+    -- name the actor instead.
     insert into public.audit_log (
         project_id, project_name, project_environment, owner_id, actor_type, actor_id, action,
         target_type, target_id, changes, correlation_id, client_address, user_agent)
-    values (
-        target.id, target.name, target.environment, target.owner_id, actor, acting_user,
-        'promotion.applied', 'app', app.id,
-        jsonb_build_object(
-            'app', jsonb_build_object('id', app.id, 'name', app.name),
-            'from', jsonb_build_object(
-                'environment', source.environment, 'project_id', source.id,
-                'project_name', source.name),
-            'to', jsonb_build_object(
-                'environment', target.environment, 'project_id', target.id,
-                'project_name', target.name),
-            'plan', plan,
-            'fingerprint', record_promotion.fingerprint),
-        private.audit_correlation_id(),
-        left(nullif(address, ''), 100), left(nullif(headers ->> 'user-agent', ''), 500))
+    select target.id, target.name, target.environment, target.owner_id,
+           case when acting_user is null then c.actor_type
+                else 'user'::public.audit_actor_type end,
+           acting_user, 'promotion.applied', 'app', app.id,
+           jsonb_build_object(
+               'app', jsonb_build_object('id', app.id, 'name', app.name),
+               'from', jsonb_build_object(
+                   'environment', source.environment, 'project_id', source.id,
+                   'project_name', source.name),
+               'to', jsonb_build_object(
+                   'environment', target.environment, 'project_id', target.id,
+                   'project_name', target.name),
+               'plan', plan,
+               'fingerprint', record_promotion.fingerprint),
+           c.correlation_id, c.client_address, c.user_agent
+      from private.audit_context as c
     returning id into entry_id;
     return entry_id;
 end
