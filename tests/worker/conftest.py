@@ -211,6 +211,17 @@ async def emit_events(db: Database, project_id: UUID, count: int = 1) -> list[UU
         return [row["id"] for row in await cur.fetchall()]
 
 
+async def lease_to(db: Database, ids: list[UUID], worker_id: str, *, seconds: float = 60) -> None:
+    """Lease `ids` to `worker_id` as a claim leaves them: leased for `seconds`, attempt counted."""
+    async with db.as_service() as conn:
+        await conn.execute(
+            "update public.webhook_deliveries"
+            " set leased_by = %s, lease_expires_at = now() + make_interval(secs => %s),"
+            " attempts = attempts + 1 where id = any(%s)",
+            (worker_id, seconds, ids),
+        )
+
+
 async def delivery_row(db: Database, delivery_id: UUID) -> dict[str, Any]:
     async with db.as_service() as conn:
         cur = await conn.execute(

@@ -27,6 +27,7 @@ from tests.worker.conftest import (
     drain,
     emit_events,
     eventually,
+    lease_to,
     running_worker,
     serving,
     webhook_project,
@@ -473,13 +474,7 @@ async def test_held_deliveries_are_locked_in_id_order_so_records_and_renewals_ne
     # statements deadlocked now and then, and Postgres cancelled one).
     project, endpoint = await webhook_project(db, make_project, receiver, "prod")
     ids = await emit_events(db, project, 300)
-    async with db.as_service() as conn:
-        await conn.execute(
-            "update public.webhook_deliveries"
-            " set leased_by = 'w', lease_expires_at = now() + interval '1 minute', attempts = 1"
-            " where id = any(%s)",
-            (ids,),
-        )
+    await lease_to(db, ids, "w")
     lowest, others = min(ids), sorted(ids)[1:]
     backwards = sorted(ids, reverse=True)
 

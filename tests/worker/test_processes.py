@@ -21,6 +21,7 @@ from tests.worker.conftest import (
     delivery_row,
     emit_events,
     eventually,
+    lease_to,
     refuse_inserts,
     running_worker,
     serving,
@@ -179,13 +180,7 @@ async def test_a_claim_whose_answer_was_lost_is_released_by_the_next_claim(
     async with serving(Receiver()) as receiver:
         project, _ = await webhook_project(db, make_project, receiver, "prod")
         ids = await emit_events(db, project, 20)
-        async with db.as_service() as conn:
-            await conn.execute(
-                "update public.webhook_deliveries"
-                " set leased_by = 'lost-answer', lease_expires_at = now() + interval '60 seconds',"
-                " attempts = attempts + 1 where id = any(%s)",
-                (ids,),
-            )
+        await lease_to(db, ids, "lost-answer")
         async with await psycopg.AsyncConnection.connect(database_url) as holder:
             await holder.execute("lock table public.webhook_deliveries in exclusive mode")
             async with running_worker(
