@@ -203,10 +203,7 @@ class Database:
                         yield conn
                         await conn.execute(b"commit")
                 except Exception:
-                    if conn.info.transaction_status in _OPEN:
-                        # A connection that cannot even roll back is discarded by the pool.
-                        with suppress(psycopg.Error):
-                            await conn.execute("rollback")
+                    await _roll_back_if_open(conn)
                     raise
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
@@ -241,10 +238,7 @@ class Database:
                 try:
                     yield conn
                 except Exception as exc:
-                    if conn.info.transaction_status in _OPEN:
-                        # A connection that cannot even roll back is discarded by the pool.
-                        with suppress(psycopg.Error):
-                            await conn.execute("rollback")
+                    await _roll_back_if_open(conn)
                     if isinstance(exc, psycopg.Rollback):
                         return
                     raise
@@ -254,6 +248,14 @@ class Database:
 
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+async def _roll_back_if_open(conn: Connection) -> None:
+    """Roll back the transaction a failed block left open. A connection that cannot even roll
+    back (its server gone, a pipeline aborted mid-way) is discarded by the pool."""
+    if conn.info.transaction_status in _OPEN:
+        with suppress(psycopg.Error):
+            await conn.execute("rollback")
 
 
 @asynccontextmanager

@@ -259,35 +259,33 @@ with held as (
 """
 
 # Unsent deliveries go back as they were: the attempt counted at claim time is taken back.
-_RELEASE = statement(
-    _HELD_LOCKED
-    + """
+_GIVE_BACK = """
 update public.webhook_deliveries as d
    set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
   from held as h
  where d.id = h.id
 """
-)
+
+_RELEASE = statement(_HELD_LOCKED + _GIVE_BACK)
 
 # Leases the worker holds in the database but not in memory: those of a claim that committed
 # while its answer was lost (the connection dropped between the commit and the reply). Nothing was
 # sent, so they go back as a release does, at once, rather than wait out their lease and then be
-# settled as an attempt with its outcome unknown. Only the worker's own name is touched, never
-# what it still holds.
-_RELEASE_UNHELD = statement("""
-with unheld as (
+# settled as an attempt with its outcome unknown. Only the worker's own name is touched (names
+# are unique among live workers: worker.app takes its name first), never what it still holds.
+_RELEASE_UNHELD = statement(
+    """
+with held as (
     select d.id from public.webhook_deliveries as d
      where d.leased_by = %(worker_id)s and d.status = 'pending'
        and d.id <> all(%(held)b::uuid[])
      order by d.id
        for no key update of d
 )
-update public.webhook_deliveries as d
-   set lease_expires_at = null, leased_by = null, attempts = greatest(attempts - 1, retry_base)
-  from unheld as u
- where d.id = u.id
-returning d.id
-""")
+"""
+    + _GIVE_BACK
+    + "returning d.id"
+)
 
 _RENEW = statement(
     _HELD_LOCKED
