@@ -42,8 +42,6 @@ FAST_MEMORY_SECONDS = 60.0
 # After a claim that found no more work, finished attempts (which free endpoints' caps) trigger the
 # next claim no sooner than this.
 TOP_UP_INTERVAL_SECONDS = 0.02
-# The longest a claim waits for the record of a receiver's 410 (which disables its endpoint).
-DISABLING_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -139,8 +137,10 @@ class Dispatcher:
         self._retry_pause = min(1.0, settings.poll_interval_seconds)
         self._held: set[UUID] = set()  # claimed and not yet recorded or released
         self._attempted_ids: set[UUID] = set()  # of those, attempts made, waiting to be recorded
-        # Of those, attempts whose answer disables their endpoint, and when they finished.
-        self._disabling: dict[UUID, float] = {}
+        # Of those, attempts whose answer (410) disables their endpoint, and that endpoint: until
+        # the answer is recorded, claims leave the endpoint out (the database still has it
+        # enabled), so none of its deliveries is handed out meanwhile.
+        self._disabling: dict[UUID, UUID] = {}
         self._inflight: dict[UUID, tuple[ClaimedDelivery, datetime]] = {}
         self._todo: asyncio.Queue[tuple[ClaimedDelivery, str]] = asyncio.Queue()
         # Per endpoint: deliveries queued or in flight (at most `endpoint_concurrency`), and those
@@ -193,20 +193,6 @@ class Dispatcher:
                 if helper.done():  # a sender or the recorder died: surface its exception
                     helper.result()
                     raise RuntimeError(f"{helper.get_name()} stopped")
-            if self._disabling:
-                # A receiver's 410 disables its endpoint once it is recorded: a claim before then
-                # would still hand out the endpoint's next delivery, so it waits for the record,
-                # a few ms as a rule; but at most DISABLING_WAIT_SECONDS, so that a record held
-                # back (a lock on the endpoint's row) does not hold up every other tenant's work.
-                left = (
-                    min(self._disabling.values())
-                    + DISABLING_WAIT_SECONDS
-                    - asyncio.get_running_loop().time()
-                )
-                if left > 0:
-                    self._room.clear()
-                    await wait_any(self._room, stop, seconds=left)
-                    continue
             # Room is for deliveries still to start: attempts that finished and wait for the
             # recorder are held (and renewed) too, but need no sender, so they do not hold back
             # the next claim (twice the batch is the most held at once). Claiming when a quarter
@@ -282,6 +268,7 @@ class Dispatcher:
                     fast=self._fast_endpoints(),
                     held=held,
                     attempted=list(self._attempted_ids),
+                    gone=list(set(self._disabling.values())),
                     budgets=self._budgets,
                 )
             # Committed: the results are in.
@@ -449,7 +436,7 @@ class Dispatcher:
         self._results.append(result)
         self._attempted_ids.add(delivery.id)
         if result.disables_endpoint:
-            self._disabling[delivery.id] = asyncio.get_running_loop().time()
+            self._disabling[delivery.id] = delivery.endpoint_id
         self._results_ready.set()
         self._attempted.set()
 

@@ -83,9 +83,10 @@ returning d.id, d.status::text as status
 # deeper, up to `prefetch`: the worker keeps at most `per_endpoint` of them in flight and the
 # rest queued in memory, so a fast endpoint is refilled without waiting for a record and a claim;
 # while another worker holds some, the endpoint is limited to `per_endpoint` leased in all.
-# Deliveries of disabled endpoints are never claimed, whatever their status says. A claim counts
-# the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts; a
-# release takes it back.
+# Deliveries of disabled endpoints are never claimed, whatever their status says, nor those of
+# the `gone` endpoints (a receiver answered 410: disabled once that answer is recorded). A claim
+# counts the attempt at once (`attempts + 1`), so an attempt lost with its worker still counts;
+# a release takes it back.
 _CLAIM = statement("""
 with recursive endpoints as (
     -- Each endpoint with deliveries no worker holds, and the oldest of them: one probe of
@@ -116,7 +117,8 @@ with recursive endpoints as (
                 then %(prefetch)s - l.mine
                 else %(per_endpoint)s - l.mine - l.theirs end as room
       from endpoints as e
-      join public.webhook_endpoints as w on w.id = e.endpoint_id and w.enabled
+      join public.webhook_endpoints as w
+        on w.id = e.endpoint_id and w.enabled and w.id <> all(%(gone)b::uuid[])
      cross join lateral (
            select count(*) filter (where h.ours) as mine,
                   count(*) filter (where not h.ours) as theirs
@@ -433,6 +435,7 @@ class ClaimOptions(TypedDict):
     prefetch: NotRequired[int | None]
     fast: NotRequired[Sequence[UUID]]
     attempted: NotRequired[Sequence[UUID]]
+    gone: NotRequired[Sequence[UUID]]
 
 
 def claim_statement(**options: Unpack[ClaimOptions]) -> tuple[str, dict[str, Any]]:
@@ -447,6 +450,7 @@ def claim_statement(**options: Unpack[ClaimOptions]) -> tuple[str, dict[str, Any
         "held": list(options["held"]),
         "fast": list(options.get("fast", ())),
         "attempted": list(options.get("attempted", ())),
+        "gone": list(options.get("gone", ())),
         **options["budgets"].params(),
     }
 

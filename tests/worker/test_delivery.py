@@ -197,19 +197,26 @@ async def test_no_delivery_is_claimed_for_an_endpoint_whose_410_is_being_recorde
     db: Database, database_url: str, make_project: MakeProject, receiver: Receiver
 ) -> None:
     # The record that disables the endpoint is held back by a lock on the endpoint's row (as any
-    # slow commit would hold it); a claim meanwhile must not hand out the endpoint's next delivery.
+    # slow commit would hold it); a claim meanwhile must not hand out the endpoint's next delivery,
+    # and only that endpoint is left out: another project's webhook goes out meanwhile.
     receiver.respond = always(410)
     project, endpoint = await webhook_project(db, make_project, receiver, "prod")
     ids = await emit_events(db, project, 3)
-    async with await psycopg.AsyncConnection.connect(database_url) as blocker:
+    async with (
+        serving(Receiver()) as other,
+        await psycopg.AsyncConnection.connect(database_url) as blocker,
+    ):
+        other_project, _ = await webhook_project(db, make_project, other, "prod")
         await blocker.execute(
             "select 1 from public.webhook_endpoints where id = %s for update", (endpoint,)
         )
         draining = asyncio.create_task(drain(database_url, concurrency=1, batch_size=1))
         await eventually(lambda: _arrived(receiver, 1), within=10, what="the first attempt")
+        await emit_events(db, other_project, 1)
+        await eventually(lambda: _arrived(other, 1), within=5, what="the other project's webhook")
         await asyncio.sleep(0.5)
         await blocker.rollback()
-    await draining
+        await draining
 
     assert len(receiver.received) == 1
     rows = [await delivery_row(db, i) for i in ids]
