@@ -275,14 +275,15 @@ _RELEASE = statement(_HELD_LOCKED + _GIVE_BACK)
 # sent, so they go back as a release does, at once, rather than wait out their lease and then be
 # settled as an attempt with its outcome unknown. Only the worker's own name is touched (names
 # are unique among live workers: worker.app takes its name first), never what it still holds.
+# It runs in the claim's transaction, so like the claim it never waits: a row locked by another
+# transaction is skipped (its lease runs out, and it is settled as any lost attempt is).
 _RELEASE_UNHELD = statement(
     """
 with held as (
     select d.id from public.webhook_deliveries as d
      where d.leased_by = %(worker_id)s and d.status = 'pending'
        and d.id <> all(%(held)b::uuid[])
-     order by d.id
-       for no key update of d
+       for no key update of d skip locked
 )
 """
     + _GIVE_BACK
